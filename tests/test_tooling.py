@@ -1,0 +1,105 @@
+"""The export check, the README check and the command line's handling of missing stages."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from biovita_nb import cli
+
+NBDEV_EXPORT = str(Path(sys.executable).with_name("nbdev-export"))
+
+
+@pytest.fixture()
+def project_copy(project_root, tmp_path):
+    """A copy of the project's notebooks, package code and tools."""
+    copy = tmp_path / "project"
+    copy.mkdir()
+    shutil.copy2(project_root / "pyproject.toml", copy)
+    shutil.copy2(project_root / "README.md", copy)
+    for folder in ("nbs", "tools"):
+        shutil.copytree(project_root / folder, copy / folder, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copytree(project_root / "biovita_nb", copy / "biovita_nb", ignore=shutil.ignore_patterns("__pycache__", "sample"))
+    return copy
+
+
+def run_tool(copy, name, *args):
+    return subprocess.run([sys.executable, str(copy / "tools" / name), "--root", str(copy), *args],
+                          capture_output=True, text=True)
+
+
+def test_export_check_passes_on_clean_copy(project_copy):
+    result = run_tool(project_copy, "check_export.py", "--nbdev-export", NBDEV_EXPORT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_notebook_edit_without_export_fails(project_copy):
+    path = project_copy / "nbs" / "00_config.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    cell = next(c for c in notebook.cells if c.cell_type == "code" and "def seed_everything" in c.source)
+    cell.source = cell.source.replace("random.seed(seed)", "random.seed(seed + 1)")
+    nbformat.write(notebook, path)
+    result = run_tool(project_copy, "check_export.py", "--nbdev-export", NBDEV_EXPORT)
+    assert result.returncode == 1
+    assert "out of date with the notebooks" in result.stderr
+    assert "biovita_nb/config.py differs from its notebook nbs/00_config.ipynb" in result.stderr
+    assert "random.seed(seed + 1)" in result.stderr
+
+
+def test_module_edit_without_notebook_fails(project_copy):
+    module = project_copy / "biovita_nb" / "cli.py"
+    module.write_text(module.read_text() + "\nEXTRA = 1\n")
+    result = run_tool(project_copy, "check_export.py", "--nbdev-export", NBDEV_EXPORT)
+    assert result.returncode == 1
+    assert "biovita_nb/cli.py differs" in result.stderr
+
+
+def test_readme_check_detects_stale_readme(project_copy):
+    assert run_tool(project_copy, "readme.py", "--check").returncode == 0
+    (project_copy / "README.md").write_text("old\n")
+    result = run_tool(project_copy, "readme.py", "--check")
+    assert result.returncode == 1
+    assert "make readme" in result.stderr
+
+
+def test_missing_stage_notebook_reported(tmp_path, capsys):
+    status = cli.main(["train", "--preset", "smoke", "--notebooks", str(tmp_path)])
+    assert status == 2
+    assert "Stage 'train' is not available yet" in capsys.readouterr().err
+
+
+def test_stage_without_parameters_cell_reported(tmp_path, capsys):
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    nbformat.write(notebook, tmp_path / "01_data.ipynb")
+    status = cli.main(["data", "--preset", "smoke", "--notebooks", str(tmp_path)])
+    assert status == 2
+    assert "has no cell tagged 'parameters'" in capsys.readouterr().err
+
+
+def test_stage_runs_with_typed_parameters(tmp_path):
+    code = ("import json, pathlib\n"
+            "from biovita_nb.config import run_paths\n"
+            "out = run_paths(run_name).root / 'seen.json'\n"
+            "out.write_text(json.dumps(dict(preset=preset, device=device, overrides=overrides, force=force)))\n")
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('preset = "demo"\nrun_name = ""\ndevice = "auto"\noverrides = []\nforce = False',
+                                  metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(code)])
+    notebook.metadata["kernelspec"] = {"name": "no-such-kernel", "display_name": "x", "language": "python"}
+    nbformat.write(notebook, tmp_path / "01_data.ipynb")
+    executed = cli.run_stage("data", preset="smoke", run_name="p", overrides=["data.recordings_table=a=b.csv"],
+                             force=True, notebooks=tmp_path)
+    assert executed.is_file()
+    seen = json.loads((executed.parents[1] / "seen.json").read_text())
+    assert seen == {"preset": "smoke", "device": "auto", "overrides": ["data.recordings_table=a=b.csv"], "force": True}
+
+
+def test_bad_override_rejected_before_running(tmp_path, capsys):
+    status = cli.main(["data", "--preset", "smoke", "-o", "nope=1", "--notebooks", str(tmp_path)])
+    assert status == 2
+    assert "unknown key 'nope'" in capsys.readouterr().err
