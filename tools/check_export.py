@@ -20,7 +20,7 @@ def exported_modules(package: Path) -> dict[str, str]:
     """Return the text of every generated module in `package`, keyed by its path relative to `package`."""
     return {str(path.relative_to(package)): path.read_text(encoding="utf-8")
             for path in sorted(package.rglob("*.py"))
-            if path.name == "_modidx.py" or GENERATED_MARK in path.read_text(encoding="utf-8")[:500]}
+            if path.name in ("_modidx.py", "__init__.py") or GENERATED_MARK in path.read_text(encoding="utf-8")[:500]}
 
 
 def source_notebook(text: str) -> str:
@@ -43,8 +43,13 @@ def check(root: Path, nbdev_export: str) -> list[str]:
         if result.returncode != 0:
             return [f"nbdev-export failed in a copy of the project:\n{result.stderr.strip()}"]
         expected = exported_modules(copy / "biovita_nb")
+        # nbdev-export also writes the package docstring into __init__.py and a module list into nbs/llms.txt.
+        expected_llms = (copy / "nbs" / "llms.txt").read_text(encoding="utf-8") if (copy / "nbs" / "llms.txt").exists() else None
     committed = exported_modules(root / "biovita_nb")
+    committed_llms = (root / "nbs" / "llms.txt").read_text(encoding="utf-8") if (root / "nbs" / "llms.txt").exists() else None
     problems = []
+    if expected_llms != committed_llms:
+        problems.append("nbs/llms.txt differs from what nbdev-export writes.")
     for name in sorted(set(expected) | set(committed)):
         if name not in committed:
             problems.append(f"biovita_nb/{name} is missing: the notebooks export it.")
