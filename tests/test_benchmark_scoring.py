@@ -1,0 +1,222 @@
+"""Vectorised benchmark scoring against a plain per-query loop, on randomised tasks with ties."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from biovita_nb.benchmark import (TIE_BREAKS, MissingFeatureError, Task, read_task_csv, score_task, score_task_file,
+                                  task_filename, write_task_csv)
+
+
+def random_task(seed: int, n_queries: int = 60, n_taxa: int = 40, n_candidates: int = 25, max_items: int = 50,
+                ragged: bool = False) -> Task:
+    """A task with groups of 1 to `max_items` items, shuffled ids and (optionally) rows of different lengths."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, max_items + 1, size=n_taxa)
+    offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+    item_ids = rng.permutation(10 * offsets[-1])[:offsets[-1]].astype(np.int64)  # sparse, unordered ids
+    candidates = np.full((n_queries, n_candidates), -1, dtype=np.int64)
+    correct = np.zeros(n_queries, dtype=np.int64)
+    for q in range(n_queries):
+        width = int(rng.integers(2, n_candidates + 1)) if ragged else n_candidates
+        candidates[q, :width] = rng.choice(n_taxa, size=width, replace=False)
+        correct[q] = rng.integers(0, width)
+    taxa = np.array([f"taxon{g}" for g in range(n_taxa)], dtype=object)
+    classes = np.array(["Aves", "Mammalia", "Insecta", "Amphibia"], dtype=object)
+    return Task(level="species", direction="A2I", query_ids=np.array([f"q{q}" for q in range(n_queries)], dtype=object),
+                query_payload_ids=rng.permutation(5 * n_queries)[:n_queries].astype(np.int64),
+                correct_taxa=taxa[candidates[np.arange(n_queries), correct]],
+                taxon_classes=classes[candidates[np.arange(n_queries), correct] % 4],
+                candidates=candidates, correct=correct, group_taxa=taxa, group_offsets=offsets, group_items=item_ids)
+
+
+def integer_features(rng: np.random.Generator, n: int, dim: int = 12, low: int = -2, high: int = 2) -> np.ndarray:
+    """Small integer embeddings: every dot product is exact in float32, and equal scores are common."""
+    return rng.integers(low, high + 1, size=(n, dim)).astype(np.float32)
+
+
+def loop_score(task: Task, query_ids, queries, target_ids, targets, ks, tie_break) -> dict:
+    """The reference: one query at a time, one candidate at a time, one item at a time."""
+    query_row = {int(i): r for r, i in enumerate(query_ids)}
+    target_row = {int(i): r for r, i in enumerate(target_ids)}
+    ranks, taxa, classes = [], [], []
+    for q in range(task.n_queries):
+        if task.correct[q] < 0:
+            continue
+        query = queries[query_row[int(task.query_payload_ids[q])]]
+        row = [int(g) for g in task.candidates[q] if g >= 0]
+        scores = []
+        for group in row:
+            best = -np.inf
+            for item in task.group(group):
+                best = max(best, float(np.dot(query.astype(np.float64), targets[target_row[int(item)]].astype(np.float64))))
+            scores.append(best)
+        slot = int(task.correct[q])
+        above = 0
+        for j, score in enumerate(scores):
+            if j == slot:
+                continue
+            if score > scores[slot] or (score == scores[slot] and (tie_break == "pessimistic" or j < slot)):
+                above += 1
+        ranks.append(1 + above)
+        taxa.append(task.correct_taxa[q])
+        classes.append(task.taxon_classes[q])
+    result = {f"top{k}": percent(ranks, k) for k in ks}
+    result["ranks"] = ranks
+    result["per_taxon"] = {t: {f"top{k}": percent([r for r, x in zip(ranks, taxa) if x == t], k) for k in ks}
+                           for t in set(taxa)}
+    result["per_class"] = {c: {f"top{k}": percent([r for r, x in zip(ranks, classes) if x == c], k) for k in ks}
+                           for c in set(classes)}
+    return result
+
+
+def percent(ranks, k) -> float:
+    """Share of ranks up to k, in percent."""
+    return 100.0 * sum(1 for r in ranks if r <= k) / len(ranks)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("tie_break", TIE_BREAKS)
+def test_scoring_matches_loop_with_ties(seed, tie_break):
+    task = random_task(seed, ragged=seed % 2 == 1)
+    rng = np.random.default_rng(100 + seed)
+    queries = integer_features(rng, len(task.query_payload_ids))
+    targets = integer_features(rng, len(task.group_items))
+    target_ids = task.group_items[::-1].copy()  # feature rows in another order than the task lists them
+    targets = targets[::-1].copy()
+    ks = (1, 5, 10)
+    expected = loop_score(task, task.query_payload_ids, queries, target_ids, targets, ks, tie_break)
+    # A tiny block size forces the chunked path (queries and items split across blocks and groups cut in two).
+    for block_mb in (256, 2000 / 2**20):
+        result = score_task(task, task.query_payload_ids, queries, target_ids, targets, ks, tie_break=tie_break,
+                            block_mb=block_mb, details=True)
+        assert result["queries"]["rank"].tolist() == expected["ranks"]
+        for k in ks:
+            assert result[f"top{k}"] == expected[f"top{k}"]
+        assert {t: {k: v for k, v in d.items() if k != "n_queries"} for t, d in result["per_taxon"].items()} == expected["per_taxon"]
+        assert {c: {k: v for k, v in d.items() if k != "n_queries"} for c, d in result["per_class"].items()} == expected["per_class"]
+
+
+def test_random_features_include_ties():
+    task = random_task(0)
+    rng = np.random.default_rng(100)
+    queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+    pessimistic = score_task(task, task.query_payload_ids, queries, task.group_items, targets, (1,), details=True)
+    first = score_task(task, task.query_payload_ids, queries, task.group_items, targets, (1,), tie_break="first", details=True)
+    assert (pessimistic["queries"]["rank"] > first["queries"]["rank"]).any()  # the test data really has ties
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_scoring_matches_loop_real_valued(seed):
+    task = random_task(seed, n_queries=80, n_taxa=120, n_candidates=100, max_items=40)
+    rng = np.random.default_rng(seed)
+    queries = rng.normal(size=(task.n_queries, 64)).astype(np.float32)
+    targets = rng.normal(size=(len(task.group_items), 64)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    targets /= np.linalg.norm(targets, axis=1, keepdims=True)
+    expected = loop_score(task, task.query_payload_ids, queries, task.group_items, targets, (1, 5, 10), "pessimistic")
+    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets, details=True)
+    assert result["queries"]["rank"].tolist() == expected["ranks"]
+
+
+def test_identical_scores_count_against_correct():
+    task = random_task(3)
+    queries = np.ones((task.n_queries, 4), dtype=np.float32)
+    targets = np.ones((len(task.group_items), 4), dtype=np.float32)
+    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets, (1, 5, 10))
+    assert result["top1"] == 0.0
+    assert result["top10"] == 0.0  # every one of the 25 candidates ties, so the correct one ranks 25th
+
+
+def test_score_task_file_round_trip(tmp_path: Path):
+    task = random_task(5, ragged=True)
+    task.correct[3] = -1  # a row whose correct taxon is not among its candidates
+    task.correct_taxa[3] = "not-a-candidate"
+    path = write_task_csv(task, tmp_path / "species" / task_filename("A2I"))
+    rng = np.random.default_rng(5)
+    queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+    direct = score_task(task, task.query_payload_ids, queries, task.group_items, targets)
+    from_file = score_task_file(path, task.query_payload_ids, queries, task.group_items, targets)
+    assert from_file == direct
+    assert from_file["n_queries"] == task.n_queries - 1
+    assert from_file["skipped"]["correct_not_in_candidates"] == 1
+
+
+def test_float16_features_score_like_their_float32_values():
+    task = random_task(6)
+    rng = np.random.default_rng(6)
+    queries = rng.normal(size=(task.n_queries, 32)).astype(np.float16)
+    targets = rng.normal(size=(len(task.group_items), 32)).astype(np.float16)
+    half = score_task(task, task.query_payload_ids, queries, task.group_items, targets, details=True)
+    single = score_task(task, task.query_payload_ids, queries.astype(np.float32), task.group_items,
+                        targets.astype(np.float32), details=True)
+    assert half["queries"]["rank"].tolist() == single["queries"]["rank"].tolist()
+
+
+def test_missing_target_ids_named_in_error():
+    task = random_task(7)
+    rng = np.random.default_rng(7)
+    queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+    dropped = task.group_items[[0, 5]]
+    keep = ~np.isin(task.group_items, dropped)
+    with pytest.raises(MissingFeatureError) as error:
+        score_task(task, task.query_payload_ids, queries, task.group_items[keep], targets[keep])
+    for item in dropped:
+        assert str(item) in str(error.value)
+    assert "on_missing='skip'" in str(error.value)
+
+
+def test_missing_ids_skipped_and_counted():
+    task = random_task(8, max_items=1)  # one item per taxon: dropping one empties its group
+    rng = np.random.default_rng(8)
+    queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+    lost_group = 0
+    keep = np.ones(len(task.group_items), dtype=bool)
+    keep[task.group_offsets[lost_group]] = False
+    query_keep = np.ones(task.n_queries, dtype=bool)
+    query_keep[:2] = False
+    result = score_task(task, task.query_payload_ids[query_keep], queries[query_keep], task.group_items[keep],
+                        targets[keep], on_missing="skip")
+    uses_lost = (task.candidates == lost_group).any(axis=1)
+    assert result["skipped"]["missing_query_feature"] == 2
+    assert result["skipped"]["missing_target_features"] == int((uses_lost & query_keep).sum())
+    assert result["n_queries"] == int((~uses_lost & query_keep).sum())
+
+
+def test_non_finite_features_rejected():
+    task = random_task(9)
+    rng = np.random.default_rng(9)
+    queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+    targets[4] = np.nan
+    with pytest.raises(ValueError, match="Non-finite target embeddings"):
+        score_task(task, task.query_payload_ids, queries, task.group_items, targets)
+
+
+def test_mismatched_widths_rejected():
+    task = random_task(10)
+    with pytest.raises(ValueError, match="same model"):
+        score_task(task, task.query_payload_ids, np.zeros((task.n_queries, 8), np.float32), task.group_items,
+                   np.zeros((len(task.group_items), 4), np.float32))
+
+
+def test_duplicate_ids_rejected():
+    task = random_task(11)
+    ids = task.group_items.copy()
+    ids[1] = ids[0]
+    with pytest.raises(ValueError, match="duplicates"):
+        score_task(task, task.query_payload_ids, np.zeros((task.n_queries, 4), np.float32), ids,
+                   np.zeros((len(ids), 4), np.float32))
+
+
+def test_read_task_rejects_misaligned_row(tmp_path: Path):
+    path = tmp_path / "species" / "test_audio_to_text.csv"
+    path.parent.mkdir()
+    pd.DataFrame([{"query_id": "a", "query_payload_id": 0, "task": "A2T", "taxon_level": "species",
+                   "correct_taxon": "x", "candidates_taxa": json.dumps(["x", "y"]),
+                   "candidates_target_ids": json.dumps([[0]]), "taxon_class": "Aves"}]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="row 0: 2 candidate taxa but 1 lists"):
+        read_task_csv(path)
