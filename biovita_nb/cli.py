@@ -17,11 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .config import (PRESETS, ConfigError, load_config, project_root, run_paths, setup_logging)
+import tempfile
+from datetime import datetime, timezone
+
+from .config import (PRESETS, ConfigError, RunPaths, init_run, load_config, project_root, run_paths,
+                               seed_everything, setup_logging, write_json_atomic)
 
 # %% auto #0
-__all__ = ['logger', 'STAGES', 'Stage', 'StageUnavailableError', 'notebooks_dir', 'stage_notebook', 'run_stage', 'reproduce',
-           'build_parser', 'main']
+__all__ = ['logger', 'STAGES', 'PREREQUISITES', 'Stage', 'StageUnavailableError', 'notebooks_dir', 'stage_notebook', 'run_stage',
+           'reproduce', 'StageNotReadyError', 'stage_marker', 'stage_complete', 'complete_stage', 'run_stage_function',
+           'prepare_stage', 'build_parser', 'main']
 
 # %% ../nbs/06_cli.ipynb #5ef87f4b
 logger = logging.getLogger(__name__)
@@ -117,6 +122,79 @@ def reproduce(preset: str = "demo", run_name: str = "", device: str = "auto", ov
         executed.append(run_stage(stage, preset, run_name, device, overrides, force, notebooks))
     return executed
 
+# %% ../nbs/06_cli.ipynb #6077a075
+PREREQUISITES = {"data": (), "train": ("data",), "bench": ("data",), "report": ("bench",)}
+
+
+class StageNotReadyError(RuntimeError):
+    """A stage started before the stages whose outputs it reads."""
+
+
+def stage_marker(run: RunPaths, stage: str) -> Path:
+    """Return the file that records that `stage` of `run` finished."""
+    return run.root / "stages" / f"{stage}.json"
+
+
+def stage_complete(run: RunPaths, stage: str) -> bool:
+    """Tell whether `stage` of `run` has finished."""
+    return stage_marker(run, stage).is_file()
+
+
+def complete_stage(stage: str, run: RunPaths, summary: dict | None = None) -> Path:
+    """Record that `stage` of `run` finished, with a summary of what it wrote."""
+    record = {"stage": stage, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "summary": summary or {}}
+    path = write_json_atomic(stage_marker(run, stage), record)
+    logger.info("Stage %s of run %s complete", stage, run.name)
+    return path
+
+
+def run_stage_function(stage: str, config: dict, run: RunPaths, force: bool = False, **extra):
+    """Call the library function that implements `stage` and return its summary."""
+    if stage == "data":
+        from biovita_nb.data import run_data_stage as function
+    elif stage == "train":
+        from biovita_nb.train import run_train_stage as function
+    elif stage == "bench":
+        from biovita_nb.benchmark import run_benchmark_stage as function
+    elif stage == "report":
+        from biovita_nb.report import run_report_stage as function
+    else:
+        raise ValueError(f"Unknown stage {stage!r}: choose one of {', '.join(PREREQUISITES)}.")
+    return function(config, run, force=force, **extra)
+
+
+def prepare_stage(stage: str, preset: str = "demo", run_name: str = "", device: str = "auto",
+                  overrides: Sequence[str] = (), force: bool = False) -> tuple[dict, RunPaths]:
+    """Resolve the configuration and run directory of `stage` and check (under nbdev-test: run) its prerequisites."""
+    testing = bool(os.environ.get("IN_TEST"))
+    if testing:
+        preset = "smoke"
+    root = Path(tempfile.mkdtemp(prefix=f"biovita-nbdev-{stage}-")) if testing else None
+    config = load_config(preset, list(overrides))
+    if device != "auto":
+        config["device"] = device
+    name = run_name or Path(str(preset)).stem
+    _ensure_prerequisites(stage, config, run_paths(name, root), run_missing=testing)
+    run = init_run(config, name, root)
+    setup_logging("INFO", run.logs / f"{stage}.log")
+    seed_everything(int(config["seed"]))
+    logger.info("Stage %s of run %s prepared (preset %s, device %s)", stage, run.name, config["name"], config["device"])
+    return config, run
+
+
+def _ensure_prerequisites(stage: str, config: dict, run: RunPaths, run_missing: bool) -> None:
+    """Raise `StageNotReadyError` for an unfinished prerequisite of `stage`, or run it when `run_missing`."""
+    for required in PREREQUISITES[stage]:
+        if stage_complete(run, required):
+            continue
+        if not run_missing:
+            command = f"biovita {required} --preset {config['name']} --run {run.name}"
+            raise StageNotReadyError(f"The {stage} stage reads the outputs of the {required} stage, which has not "
+                                     f"finished for run '{run.name}' ({run.root}). Run it first: {command}")
+        _ensure_prerequisites(required, config, run, run_missing)
+        init_run(config, run.name, run.root.parent)
+        complete_stage(required, run, run_stage_function(required, config, run))
+
 # %% ../nbs/06_cli.ipynb #cadb10a7
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """Add the options every stage command takes."""
@@ -154,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Results: {run.results}  Tables and figures: {run.figures(Path(args.preset).stem)}")
         else:
             print(f"Executed notebook: {run_stage(args.command, **options)}")
-    except (StageUnavailableError, ConfigError) as error:
+    except (StageUnavailableError, StageNotReadyError, ConfigError) as error:
         print(f"biovita {args.command}: {error}", file=sys.stderr)
         return 2
     return 0

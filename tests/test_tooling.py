@@ -103,3 +103,31 @@ def test_bad_override_rejected_before_running(tmp_path, capsys):
     status = cli.main(["data", "--preset", "smoke", "-o", "nope=1", "--notebooks", str(tmp_path)])
     assert status == 2
     assert "unknown key 'nope'" in capsys.readouterr().err
+
+
+def test_stage_before_prerequisite_names_command(monkeypatch):
+    monkeypatch.delenv("IN_TEST", raising=False)
+    with pytest.raises(cli.StageNotReadyError, match="Run it first: biovita data --preset smoke --run smoke"):
+        cli.prepare_stage("train", preset="smoke")
+
+
+def test_stage_after_prerequisite_prepares_run(monkeypatch):
+    monkeypatch.delenv("IN_TEST", raising=False)
+    config, run = cli.prepare_stage("data", preset="smoke", run_name="r1", overrides=["seed=4"])
+    cli.complete_stage("data", run, {"recordings": 27})
+    config, run = cli.prepare_stage("train", preset="smoke", run_name="r1", device="cpu")
+    assert config["device"] == "cpu"
+    assert json.loads(cli.stage_marker(run, "data").read_text())["summary"] == {"recordings": 27}
+    assert (run.logs / "train.log").is_file()
+
+
+def test_nbdev_test_runs_prerequisites_in_temp_folder(monkeypatch):
+    monkeypatch.setenv("IN_TEST", "1")
+    calls = []
+    monkeypatch.setattr(cli, "run_stage_function", lambda stage, config, run, force=False: calls.append((stage, config["name"], run.root)) or {})
+    config, run = cli.prepare_stage("report", preset="demo", run_name="t")
+    assert config["name"] == "smoke"
+    assert [stage for stage, _, _ in calls] == ["data", "bench"]
+    assert all(root == run.root for _, _, root in calls)
+    assert cli.stage_complete(run, "bench")
+    assert "biovita-nbdev-report-" in str(run.root)
