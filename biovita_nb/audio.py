@@ -23,8 +23,9 @@ import torchaudio
 from torch import nn
 
 # %% auto #0
-__all__ = ['logger', 'CLIP_MODES', 'AudioDecodeError', 'AudioInfo', 'audio_info', 'mix_to_mono', 'resample', 'load_audio', 'Clip',
-           'random_crop', 'onset_start', 'onset_crop', 'load_clip']
+__all__ = ['logger', 'CLIP_MODES', 'CLAP_HTSAT_UNFUSED_FEATURES', 'PADDING_MODES', 'AudioDecodeError', 'AudioInfo', 'audio_info',
+           'mix_to_mono', 'resample', 'load_audio', 'Clip', 'random_crop', 'onset_start', 'onset_crop', 'load_clip',
+           'reference_feature_extractor', 'slaney_mel_filters', 'ClapMelFrontend']
 
 # %% ../nbs/01b_audio.ipynb #1f9ad95a
 logger = logging.getLogger(__name__)
@@ -457,3 +458,142 @@ def load_clip(path: str | os.PathLike, seconds: float = 10.0, mode: str = "rando
         offset_s = max(start_s, offset_s - missing / sample_rate)
         wave = load_audio(path, sample_rate, offset_s=offset_s, duration_s=seconds, mono=True)[0]
     return _make_clip(wave, 0, length, sample_rate, offset_s=offset_s)
+
+# %% ../nbs/01b_audio.ipynb #40dd39b9
+CLAP_HTSAT_UNFUSED_FEATURES = dict(
+    feature_size=64, sampling_rate=48000, hop_length=480, max_length_s=10, fft_window_size=1024,
+    padding_value=0.0, return_attention_mask=False, frequency_min=50, frequency_max=14000, top_db=None,
+    truncation="rand_trunc", padding="repeatpad",
+)
+
+
+def reference_feature_extractor():
+    """Build transformers' `ClapFeatureExtractor` with the settings of `laion/clap-htsat-unfused`, offline."""
+    from transformers import ClapFeatureExtractor
+
+    return ClapFeatureExtractor(**CLAP_HTSAT_UNFUSED_FEATURES)
+
+# %% ../nbs/01b_audio.ipynb #968235ec
+_SLANEY_LOG_STEP = math.log(6.4) / 27.0  # mel steps per log-Hz above 1 kHz
+
+
+def _hz_to_slaney_mel(hz: torch.Tensor) -> torch.Tensor:
+    linear = 3.0 * hz / 200.0
+    logarithmic = 15.0 + torch.log(hz.clamp(min=1e-10) / 1000.0) / _SLANEY_LOG_STEP
+    return torch.where(hz >= 1000.0, logarithmic, linear)
+
+
+def _slaney_mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    linear = 200.0 * mel / 3.0
+    logarithmic = 1000.0 * torch.exp(_SLANEY_LOG_STEP * (mel - 15.0))
+    return torch.where(mel >= 15.0, logarithmic, linear)
+
+
+def slaney_mel_filters(n_freqs: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
+    """Return a Slaney-scale, Slaney-normalised triangular filter bank, float64 shaped (n_freqs, n_mels)."""
+    freqs = torch.linspace(0.0, sample_rate / 2, n_freqs, dtype=torch.float64)
+    limits = torch.tensor([f_min, f_max], dtype=torch.float64)
+    edges = _slaney_mel_to_hz(torch.linspace(*_hz_to_slaney_mel(limits).tolist(), n_mels + 2, dtype=torch.float64))
+    lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (freqs[None] - lower) / (center - lower)
+    falling = (upper - freqs[None]) / (upper - center)
+    triangles = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    return (triangles * (2.0 / (upper - lower))).T.contiguous()
+
+# %% ../nbs/01b_audio.ipynb #9bffcbbc
+PADDING_MODES = ("repeatpad", "repeat", "pad")
+
+
+class ClapMelFrontend(nn.Module):
+    """Log-mel input of the CLAP HTS-AT tower (`laion/clap-htsat-unfused`) from 48 kHz waveforms, in torch."""
+
+    def __init__(self, sample_rate: int = 48000, n_fft: int = 1024, hop_length: int = 480, n_mels: int = 64,
+                 f_min: float = 50.0, f_max: float = 14000.0, max_seconds: float = 10.0,
+                 padding: str = "repeatpad", refine_below: float = 1e-9):
+        super().__init__()
+        if padding not in PADDING_MODES:
+            raise ValueError(f"Unknown padding {padding!r}: choose one of {', '.join(PADDING_MODES)}.")
+        self.sample_rate, self.n_fft, self.hop_length, self.n_mels = sample_rate, n_fft, hop_length, n_mels
+        self.max_samples = int(round(max_seconds * sample_rate))
+        self.padding = padding
+        self.refine_below = refine_below
+        filters = slaney_mel_filters(n_fft // 2 + 1, n_mels, sample_rate, f_min, f_max)
+        # Not persistent: the filters follow from the settings, so checkpoints need not carry them.
+        self.register_buffer("mel_filters", filters.to(torch.float32), persistent=False)
+
+    @property
+    def frames(self) -> int:
+        """Number of time frames per clip (1001 for 10 s at hop 480)."""
+        return self.max_samples // self.hop_length + 1
+
+    def extra_repr(self) -> str:
+        return (f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop_length={self.hop_length}, "
+                f"n_mels={self.n_mels}, max_samples={self.max_samples}, padding={self.padding!r}, "
+                f"refine_below={self.refine_below}")
+
+    def forward(self, waveforms: torch.Tensor | Sequence[torch.Tensor],
+                lengths: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+        """Turn waveforms (batch, samples) at 48 kHz into log-mel features (batch, 1, frames, n_mels)."""
+        dtype = torch.float64 if self.mel_filters.dtype == torch.float64 else torch.float32
+        batch = self._fit_lengths(waveforms, lengths, dtype)
+        with torch.autocast(device_type=batch.device.type, enabled=False):
+            log_mel = self._log_mel(batch)
+        return log_mel.unsqueeze(1).to(self.mel_filters.dtype)
+
+    def _fit_one(self, wave: torch.Tensor) -> torch.Tensor:
+        """Bring one 1-D waveform to `max_samples`: keep the first 10 s, or repeat and pad per `padding`."""
+        if wave.numel() == 0:
+            raise ValueError("ClapMelFrontend received an empty waveform; every clip needs at least one sample.")
+        if wave.numel() >= self.max_samples:
+            return wave[: self.max_samples]
+        if self.padding == "repeatpad":
+            wave = wave.repeat(self.max_samples // wave.numel())
+        elif self.padding == "repeat":
+            wave = wave.repeat(self.max_samples // wave.numel() + 1)[: self.max_samples]
+        return nn.functional.pad(wave, (0, self.max_samples - wave.numel()))
+
+    def _fit_lengths(self, waveforms, lengths, dtype: torch.dtype) -> torch.Tensor:
+        """Return a (batch, max_samples) tensor of `dtype` on the module's device."""
+        device = self.mel_filters.device
+        if isinstance(waveforms, torch.Tensor) and waveforms.dim() == 1:
+            waveforms = waveforms.unsqueeze(0)
+        if isinstance(waveforms, torch.Tensor) and waveforms.dim() != 2:
+            raise ValueError(f"ClapMelFrontend expects waveforms shaped (batch, samples), got {tuple(waveforms.shape)}; "
+                             "mix channels to mono first (mix_to_mono).")
+        if isinstance(waveforms, torch.Tensor) and lengths is None and waveforms.shape[1] == self.max_samples:
+            return waveforms.to(device=device, dtype=dtype)
+
+        rows = [torch.as_tensor(row) for row in waveforms]
+        if lengths is not None:
+            lengths = [int(n) for n in lengths]
+            if len(lengths) != len(rows):
+                raise ValueError(f"Got {len(lengths)} lengths for {len(rows)} waveforms.")
+            rows = [row[:n] for row, n in zip(rows, lengths)]
+        return torch.stack([self._fit_one(row.to(device=device, dtype=dtype).reshape(-1)) for row in rows])
+
+    def _log_mel(self, batch: torch.Tensor) -> torch.Tensor:
+        """Compute (batch, frames, n_mels) log-mel features in dB from (batch, max_samples) waveforms."""
+        window = torch.hann_window(self.n_fft, periodic=True, dtype=batch.dtype, device=batch.device)
+        spectrum = torch.stft(batch, self.n_fft, self.hop_length, window=window, center=True, pad_mode="reflect",
+                              return_complex=True)
+        power = (spectrum.real.square() + spectrum.imag.square()).transpose(1, 2)
+        mel = power @ self.mel_filters.to(batch.dtype)
+        if batch.dtype != torch.float64 and self.refine_below > 0:
+            mel = self._refine(batch, power, mel)
+        return 10.0 * torch.log10(mel.clamp(min=1e-10))
+
+    def _refine(self, batch: torch.Tensor, power: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """Recompute in float64 the frames whose quietest mel band is below `refine_below` of their energy."""
+        suspect = mel.amin(dim=-1) < self.refine_below * power.sum(dim=-1)
+        if not bool(suspect.any()):
+            return mel
+        rows, frames = suspect.nonzero(as_tuple=True)
+        half = self.n_fft // 2
+        padded = nn.functional.pad(batch.unsqueeze(1), (half, half), mode="reflect").squeeze(1)
+        window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float64, device=batch.device)
+        segments = padded.unfold(-1, self.n_fft, self.hop_length)[rows, frames].to(torch.float64) * window
+        spectrum = torch.fft.rfft(segments)
+        exact = (spectrum.real.square() + spectrum.imag.square()) @ self.mel_filters.to(torch.float64)
+        mel = mel.clone()
+        mel[rows, frames] = exact.to(mel.dtype)
+        return mel
