@@ -216,13 +216,9 @@ def _missing_message(what: str, ids: Iterable[int], source: str) -> str:
 # %% ../nbs/04_benchmark.ipynb #68aebcd0
 def _group_layout(task: Task, target_rows: np.ndarray, target_present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return the embedding rows of the task's target items, group after group, and the group offsets."""
-    keep = target_present
-    rows = target_rows[keep]
-    counts = np.add.reduceat(keep.astype(np.int64), task.group_offsets[:-1]) if len(keep) else np.zeros(0, np.int64)
-    sizes = np.diff(task.group_offsets)
-    counts = np.where(sizes > 0, counts, 0)  # reduceat returns an element, not 0, for empty segments
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return rows, offsets
+    kept_before = np.r_[0, np.cumsum(target_present)]
+    counts = kept_before[task.group_offsets[1:]] - kept_before[task.group_offsets[:-1]]
+    return target_rows[target_present], np.r_[0, np.cumsum(counts)].astype(np.int64)
 
 # %% ../nbs/04_benchmark.ipynb #5aa3b174
 def _candidate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.ndarray, target_rows: np.ndarray,
@@ -234,7 +230,7 @@ def _candidate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.n
         return scores
     dim = queries.shape[1]
     query_chunk = int(max(1, min(n_queries, block_bytes // (8 * 4 * dim))))
-    item_chunk = int(max(1, block_bytes // (4 * (dim + query_chunk))))
+    item_chunk = int(max(1, block_bytes // (2 * 4 * (dim + query_chunk))))  # half the budget: similarities and items
     cached = _gather(targets, target_rows, "target") if n_items <= item_chunk else None
     group_of_item = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
 
@@ -244,10 +240,10 @@ def _candidate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.n
         block_scores = scores[q0:q0 + query_chunk]
         for i0 in range(0, n_items, item_chunk):
             items = cached if cached is not None else _gather(targets, target_rows[i0:i0 + item_chunk], "target")
-            similarity = items @ block_queries.T                        # (items, queries)
+            similarity = block_queries @ items.T                        # (queries, items)
             groups = group_of_item[i0:i0 + len(items)]
             starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-            group_max = np.maximum.reduceat(similarity, starts, axis=0)  # (groups in block, queries)
+            group_max = np.maximum.reduceat(similarity, starts, axis=1)  # (queries, groups in block)
             _scatter_max(block_scores, block_candidates, groups[starts], group_max)
     return scores
 
@@ -263,17 +259,13 @@ def _gather(array: np.ndarray, rows: np.ndarray, what: str) -> np.ndarray:
 
 
 def _scatter_max(scores: np.ndarray, candidates: np.ndarray, block_groups: np.ndarray, group_max: np.ndarray) -> None:
-    """Raise `scores[q, c]` to `group_max[j, q]` where candidate c of query q is group `block_groups[j]`."""
-    first, last = int(block_groups[0]), int(block_groups[-1])
-    position = np.full(last - first + 1, -1, dtype=np.int64)
-    position[block_groups - first] = np.arange(len(block_groups))
-    local = candidates - first
-    inside = (candidates >= 0) & (local >= 0) & (local <= last - first)
-    segment = np.full(candidates.shape, -1, dtype=np.int64)
-    segment[inside] = position[local[inside]]
-    hit = segment >= 0
-    query_index = np.nonzero(hit)[0]
-    scores[hit] = np.maximum(scores[hit], group_max[segment[hit], query_index])
+    """Raise `scores[q, c]` to `group_max[q, j]` where candidate c of query q is group `block_groups[j]`."""
+    n_segments = group_max.shape[1]
+    # Candidates outside this block (and the -1 padding, which indexes the last entry) read a column of -inf.
+    segment_of_group = np.full(int(max(candidates.max(initial=0), block_groups[-1])) + 2, n_segments, dtype=np.int64)
+    segment_of_group[block_groups] = np.arange(n_segments)
+    padded = np.concatenate([group_max, np.full((len(group_max), 1), -np.inf, dtype=group_max.dtype)], axis=1)
+    np.maximum(scores, np.take_along_axis(padded, segment_of_group[candidates], axis=1), out=scores)
 
 # %% ../nbs/04_benchmark.ipynb #1d72b18d
 TIE_BREAKS = ("pessimistic", "first")

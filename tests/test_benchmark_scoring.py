@@ -101,6 +101,22 @@ def test_scoring_matches_loop_with_ties(seed, tie_break):
         assert {c: {k: v for k, v in d.items() if k != "n_queries"} for c, d in result["per_class"].items()} == expected["per_class"]
 
 
+def test_groups_without_items_score_minus_infinity():
+    task = random_task(12, n_taxa=10, n_candidates=6)
+    empty = [0, 9]  # the first and the last group list no ids
+    sizes = np.diff(task.group_offsets)
+    keep = ~np.isin(np.repeat(np.arange(10), sizes), empty)
+    sizes[empty] = 0
+    task.group_items = task.group_items[keep]
+    task.group_offsets = np.r_[0, np.cumsum(sizes)]
+    rng = np.random.default_rng(12)
+    queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+    expected = loop_score(task, task.query_payload_ids, queries, task.group_items, targets, (1, 3), "pessimistic")
+    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets, (1, 3), details=True)
+    assert result["queries"]["rank"].tolist() == expected["ranks"]
+    assert result["skipped"]["missing_target_features"] == 0
+
+
 def test_random_features_include_ties():
     task = random_task(0)
     rng = np.random.default_rng(100)

@@ -1,0 +1,206 @@
+"""Benchmark scoring speed and memory, and feature-store loading, against baselines measured in the same run.
+
+1. A synthetic benchmark: 36 scenarios of 2,000 queries, each query with 100 candidate taxa of 1
+   to 40 target items each, 768-d float32 unit vectors. It runs once per pool size (`--taxa`): a
+   pool of 100 taxa means every query ranks the same 100 taxa; with a larger pool each query's 100
+   are drawn from it, so the scorer computes similarities to items that a given query does not
+   need. The vectorised scorer (`biovita_nb.benchmark.score_task`) scores all of it; a plain
+   per-query loop (one query, one candidate at a time, as a reference implementation would) scores
+   a subset, whose per-query time is multiplied out to the full benchmark. The loop's ranks are
+   checked against the vectorised ones on that subset.
+2. Peak memory of the vectorised scorer (tracemalloc, which sees NumPy's allocations) on one
+   scenario, and on one task against a large memory-mapped float16 gallery, where chunking keeps
+   it near `block_mb` whatever the gallery size.
+3. Loading features: one memory-mapped array plus its id index (the feature store) against one
+   `.pt` file per item (the published `FeatureBank` layout), for the same items.
+
+Timings share the machine with whatever else runs on it; the ratios compare runs made minutes apart
+in the same process.
+
+Run: .venv/bin/python benchmarks/scoring.py [--taxa 100 300] [--loop-queries 400] [--gallery-items 200000]
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from biovita_nb.benchmark import FeatureStore, Task, score_task, write_feature_set
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int, dtype=np.float32) -> np.ndarray:
+    """Random unit vectors, one per row."""
+    rows = rng.standard_normal((n, dim), dtype=np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows.astype(dtype, copy=False)
+
+
+def synthetic_task(rng: np.random.Generator, n_queries: int, n_taxa: int, n_candidates: int, max_items: int,
+                   n_gallery: int) -> Task:
+    """One scenario: a pool of taxa with 1..max_items items (ids into a shared gallery), random candidates."""
+    sizes = rng.integers(1, max_items + 1, size=n_taxa)
+    offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+    items = rng.choice(n_gallery, size=offsets[-1], replace=False).astype(np.int64)
+    candidates = np.argsort(rng.random((n_queries, n_taxa)), axis=1)[:, :n_candidates].astype(np.int64)
+    correct = rng.integers(0, n_candidates, size=n_queries)
+    taxa = np.array([f"taxon{t}" for t in range(n_taxa)], dtype=object)
+    truth = candidates[np.arange(n_queries), correct]
+    classes = np.array(["Aves", "Mammalia", "Amphibia", "Insecta"], dtype=object)
+    return Task(level="species", direction="A2I", query_ids=np.arange(n_queries).astype(str).astype(object),
+                query_payload_ids=np.arange(n_queries, dtype=np.int64), correct_taxa=taxa[truth],
+                taxon_classes=classes[truth % 4], candidates=candidates, correct=correct, group_taxa=taxa,
+                group_offsets=offsets, group_items=items)
+
+
+def loop_ranks(task: Task, query_ids, queries, target_ids, targets, rows) -> list[int]:
+    """The plain reference: for each query, each candidate's best item score, then count who beats the correct one."""
+    query_row = {int(i): r for r, i in enumerate(query_ids)}
+    target_row = {int(i): r for r, i in enumerate(target_ids)}
+    ranks = []
+    for q in rows:
+        query = queries[query_row[int(task.query_payload_ids[q])]]
+        scores = []
+        for group in task.candidates[q]:
+            item_rows = [target_row[int(i)] for i in task.group(group)]
+            scores.append(float(np.max(targets[item_rows] @ query)))
+        truth = scores[task.correct[q]]
+        ranks.append(1 + sum(1 for j, s in enumerate(scores) if j != task.correct[q] and s >= truth))
+    return ranks
+
+
+def scoring_section(args, n_taxa: int) -> None:
+    rng = np.random.default_rng(args.seed)
+    gallery = unit_rows(rng, n_taxa * args.max_items, args.dim)
+    gallery_ids = np.arange(len(gallery), dtype=np.int64)
+    queries = unit_rows(rng, args.queries, args.dim)
+    query_ids = np.arange(args.queries, dtype=np.int64)
+    tasks = [synthetic_task(rng, args.queries, n_taxa, args.candidates, args.max_items, len(gallery))
+             for _ in range(args.scenarios)]
+    n_items = [int(t.group_offsets[-1]) for t in tasks]
+    print(f"Synthetic benchmark: {args.scenarios} scenarios x {args.queries} queries, {args.candidates} candidates "
+          f"from a pool of {n_taxa} taxa of 1-{args.max_items} items ({np.mean(n_items):.0f} target items per "
+          f"scenario), {args.dim}-d float32; {torch.get_num_threads()} CPU threads")
+
+    score_task(tasks[0], query_ids, queries, gallery_ids, gallery)  # warm-up
+    start = time.perf_counter()
+    results = [score_task(task, query_ids, queries, gallery_ids, gallery, details=True) for task in tasks]
+    vectorised = time.perf_counter() - start
+    total_queries = args.scenarios * args.queries
+    print(f"  vectorised: {vectorised:8.2f} s for {total_queries} queries ({1e6 * vectorised / total_queries:7.1f} us/query)")
+
+    per_task = max(1, args.loop_queries // 2)
+    sample = [(0, np.arange(per_task)), (args.scenarios - 1, np.arange(args.queries - per_task, args.queries))]
+    start = time.perf_counter()
+    for scenario, rows in sample:
+        ranks = loop_ranks(tasks[scenario], query_ids, queries, gallery_ids, gallery, rows)
+        assert ranks == results[scenario]["queries"]["rank"].to_numpy()[rows].tolist(), "loop and vectorised ranks differ"
+    loop_seconds = time.perf_counter() - start
+    loop_per_query = loop_seconds / (2 * per_task)
+    loop_total = loop_per_query * total_queries
+    print(f"  plain loop: {loop_seconds:8.2f} s for {2 * per_task} queries ({1e6 * loop_per_query:7.1f} us/query); "
+          f"extrapolated to {total_queries} queries: {loop_total:.1f} s (estimate)")
+    print(f"  ranks of the {2 * per_task} loop queries equal the vectorised ranks")
+    print(f"  speed-up, vectorised vs plain loop: {loop_total / vectorised:.0f}x (target >= 100x)")
+
+    tracemalloc.start()
+    score_task(tasks[0], query_ids, queries, gallery_ids, gallery)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    inputs_mb = (queries.nbytes + gallery.nbytes) / 2**20
+    print(f"  peak memory allocated while scoring one scenario: {peak / 2**20:.1f} MiB "
+          f"(inputs, not counted: {inputs_mb:.1f} MiB)")
+
+
+def large_gallery_section(args) -> None:
+    """Score one task against a big float16 gallery memory-mapped from disk, with a small block budget."""
+    rng = np.random.default_rng(args.seed + 1)
+    n_taxa = args.gallery_items // (1 + args.max_items)  # about half the gallery, so item ids can be drawn without replacement
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gallery.npy"
+        gallery = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(args.gallery_items, args.dim))
+        for start in range(0, args.gallery_items, 50_000):
+            stop = min(start + 50_000, args.gallery_items)
+            gallery[start:stop] = unit_rows(rng, stop - start, args.dim, np.float16)
+        gallery.flush()
+        del gallery
+        gallery = np.load(path, mmap_mode="r")
+        task = synthetic_task(rng, args.queries, n_taxa, args.candidates, args.max_items, args.gallery_items)
+        queries = unit_rows(rng, args.queries, args.dim)
+        for block_mb in (64, 256):
+            tracemalloc.start()
+            start = time.perf_counter()
+            score_task(task, np.arange(args.queries), queries, np.arange(args.gallery_items), gallery, block_mb=block_mb)
+            seconds = time.perf_counter() - start
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            print(f"  {int(task.group_offsets[-1])} target items of {n_taxa} taxa in a memory-mapped float16 gallery "
+                  f"({args.gallery_items * args.dim * 2 / 2**20:.0f} MiB on disk), {args.queries} queries, "
+                  f"block_mb={block_mb}: {seconds:.1f} s, peak allocated {peak / 2**20:.0f} MiB")
+
+
+def store_section(args) -> None:
+    """Load N features from the store (one array) and from N `.pt` files (the published layout)."""
+    rng = np.random.default_rng(args.seed + 2)
+    features = unit_rows(rng, args.store_items, args.dim)
+    ids = np.arange(args.store_items, dtype=np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = FeatureStore(Path(tmp) / "store")
+        start = time.perf_counter()
+        write_feature_set(store, "audio", ids, lambda positions: (features[positions], {}), batch_size=1024,
+                          dtype="float16", rank=0, world_size=1)
+        store_write = time.perf_counter() - start
+        per_item = Path(tmp) / "per_item"
+        per_item.mkdir()
+        start = time.perf_counter()
+        for i in ids:
+            torch.save(torch.from_numpy(features[i].astype(np.float16)), per_item / f"{i}.pt")
+        files_write = time.perf_counter() - start
+
+        wanted = rng.permutation(ids)
+        start = time.perf_counter()
+        loaded = store.load("audio")
+        row_of = np.empty(len(loaded.ids), dtype=np.int64)
+        row_of[loaded.ids] = np.arange(len(loaded.ids))
+        from_store = np.asarray(loaded.embeddings[row_of[wanted]], dtype=np.float32)
+        store_read = time.perf_counter() - start
+        start = time.perf_counter()
+        from_files = np.stack([torch.load(per_item / f"{i}.pt", weights_only=True).float().numpy() for i in wanted])
+        files_read = time.perf_counter() - start
+        assert np.array_equal(from_store, from_files)
+    print(f"Feature loading, {args.store_items} items of {args.dim}-d float16, in a shuffled order:")
+    print(f"  feature store (memory-mapped array + id index): {store_read:7.3f} s   "
+          f"one .pt file per item: {files_read:7.3f} s   ratio {files_read / store_read:.0f}x")
+    print(f"  writing: feature store {store_write:.2f} s, one file per item {files_write:.2f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", type=int, default=36)
+    parser.add_argument("--queries", type=int, default=2000, help="queries per scenario")
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--taxa", type=int, nargs="+", default=[100, 300], help="taxa in each scenario's pool (one run each)")
+    parser.add_argument("--max-items", type=int, default=40, help="target items per taxon: 1 to this many")
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--loop-queries", type=int, default=400, help="queries the plain loop scores (then extrapolated)")
+    parser.add_argument("--gallery-items", type=int, default=200_000, help="items of the memory-mapped gallery (0: skip)")
+    parser.add_argument("--store-items", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    for n_taxa in args.taxa:
+        scoring_section(args, n_taxa)
+    if args.gallery_items:
+        print("Large gallery, one scenario:")
+        large_gallery_section(args)
+    store_section(args)
+    print(f"Process peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
