@@ -921,6 +921,8 @@ def _merge_shards(store: FeatureStore, name: str, ids: np.ndarray, shard_dir: Pa
                                                "dtype": str(dtype), "failures": failures, "fingerprint": fingerprint,
                                                "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
     shutil.rmtree(shard_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # other sets may still be extracting into _shards/
+        shard_dir.parent.rmdir()
     logger.info("Features %s/%s: %d items, %d-d %s, %d failed", store.root, name, len(ids), dim, dtype, len(failures))
 
 # %% ../nbs/04_benchmark.ipynb #a198644f
@@ -1178,11 +1180,7 @@ def _open_benchmark(config: Mapping, run: RunPaths, force: bool) -> Benchmark:
     published = config["data"].get("benchmark_dir")
     if published:
         return load_benchmark(published, files_root=config["data"].get("files_root"))
-    from biovita_nb.data import load_manifest
-    if not (run.manifest / "splits.parquet").is_file():
-        raise FileNotFoundError(f"{run.manifest / 'splits.parquet'} not found: run the data stage first "
-                                f"(biovita data --run {run.name}).")
-    return build_benchmark(load_manifest(run.name), run.benchmark, config, force=force)
+    return build_benchmark(run.manifest, run.benchmark, config, force=force)
 
 
 def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = False) -> list[dict]:
