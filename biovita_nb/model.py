@@ -57,8 +57,8 @@ FULL_SIZE_RANDOM = "full-size-random"
 RANDOM_TOWERS = (TINY_RANDOM, FULL_SIZE_RANDOM)
 FULL_SIZE_OPEN_CLIP = "ViT-L-14"  # the open_clip architecture of BioCLIP 2
 
-# NOTE: these commits are the ones other public projects pin for the three repositories; they were
-# not checked against the Hub from this machine, which has no Hub access.
+# NOTE: these commits are the ones other public projects pin for the three repositories. They were
+# not checked against the Hub itself, because the development machine had no Hub access.
 PINNED_REVISIONS = {
     "imageomics/bioclip-2": "2957b322090f9cb17ae72c71981c7218a28d81e0",
     "laion/clap-htsat-unfused": "8fa0f1c6d0433df6e97c127f64b2a1d6c0dcda8a",
@@ -70,7 +70,7 @@ PUBLISHED_RELEASE = "risashinoda/BioVITA"
 
 CONTEXT_LENGTH = 77  # tokens per prompt, for both text towers
 SAMPLE_RATE = 48_000
-CLIP_SAMPLES = 10 * SAMPLE_RATE  # the audio tower sees 10-s clips
+CLIP_SAMPLES = 10 * SAMPLE_RATE  # the audio tower takes 10-s clips
 
 OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
 OPEN_CLIP_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
@@ -83,7 +83,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # %% ../nbs/02_model.ipynb #fe3c37d2
 @dataclass(frozen=True)
 class TowerSource:
-    """Where a tower's architecture and weights come from."""
+    """Origin of a tower's architecture and weights."""
 
     kind: str  # "hub", "local", "tiny-random" or "full-size-random"
     name: str  # the name as configured
@@ -138,7 +138,7 @@ def _hub_file(repo_id: str, filename: str, revision: str) -> Path | None:
 
 def fetch_hub_files(repo_id: str, revision: str, files: Sequence[str | tuple[str, ...]] = (),
                     optional: Sequence[str] = ()) -> Path:
-    """Fetch files of one Hub revision into the Hugging Face cache and return the snapshot folder holding them."""
+    """Fetch files of one Hub revision into the Hugging Face cache and return the snapshot folder that contains them."""
     if not files:
         raise ValueError("fetch_hub_files needs at least one required file.")
     found: list[Path] = []
@@ -233,8 +233,8 @@ def load_tensor_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ValueError(f"{path}: not loaded, because it holds pickled objects other than tensors and containers "
-                         f"and only weights-only loading is allowed. Re-save its state dicts with torch.save. "
+        raise ValueError(f"{path}: loading failed because the file contains pickled objects other than tensors and "
+                         f"containers, and only weights-only loading is allowed. Re-save its state dicts with torch.save. "
                          f"({str(error).splitlines()[0]})") from error
 
 # %% ../nbs/02_model.ipynb #e485b560
@@ -321,8 +321,8 @@ class AudioTower:
 def clap_source(source: TowerSource) -> tuple[Path | None, ClapConfig, str | None]:
     """Return the folder of a CLAP tower (None for `full-size-random`), its `ClapConfig` and its Hub commit."""
     if source.kind == FULL_SIZE_RANDOM:
-        # NOTE: transformers' defaults stand in for the Hub file here; they describe the HTS-AT and
-        # RoBERTa geometry of the LAION CLAP checkpoints but were not compared with the Hub config.
+        # NOTE: transformers' defaults stand in for the Hub file here. They describe the HTS-AT and
+        # RoBERTa geometry of the LAION CLAP checkpoints, but were not compared with the Hub config.
         return None, ClapConfig(), None
     commit = None
     if source.kind == TINY_RANDOM:
@@ -690,12 +690,12 @@ def _model_from_record(record: Mapping, directory: Path) -> BioVITA:
 
 
 def _is_published_layout(directory: Path) -> bool:
-    """Tell whether a folder holds the published release layout rather than a biovita-nb checkpoint."""
+    """Tell whether a folder contains the published release layout rather than a biovita-nb checkpoint."""
     return not (directory / CONFIG_NAME).is_file() and (directory / PUBLISHED_CLAP_WEIGHTS).is_file()
 
 
 def _hub_checkpoint(repo_id: str, revision: str) -> Path | None:
-    """Fetch a biovita-nb checkpoint from the Hub; None when the repository holds another layout."""
+    """Fetch a biovita-nb checkpoint from the Hub; None when the repository uses another layout."""
     config = _hub_file(repo_id, CONFIG_NAME, revision)
     if config is None or json.loads(config.read_text(encoding="utf-8")).get("format") != CHECKPOINT_FORMAT:
         return None
@@ -719,8 +719,8 @@ def from_pretrained(source: str | Path, revision: str | None = None, config: str
         if directory is None:
             return import_published_release(repo_id, config=config, revision=revision, device=device)
     if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"{directory} holds no biovita-nb checkpoint ({CONFIG_NAME} and {WEIGHTS_NAME}) and "
-                                f"no published BioVITA release ({PUBLISHED_CLAP_WEIGHTS}).")
+        raise FileNotFoundError(f"{directory} contains no biovita-nb checkpoint ({CONFIG_NAME} and {WEIGHTS_NAME}) "
+                                f"and no published BioVITA release ({PUBLISHED_CLAP_WEIGHTS}).")
 
     model = _model_from_record(json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8")), directory)
     load_strict(model, load_file(directory / WEIGHTS_NAME), what=f"Checkpoint {directory / WEIGHTS_NAME}",
@@ -919,6 +919,7 @@ class ImageTextBaseline(MultimodalEncoder):
         self.image_text = tower.model
         self.tokenizer = tower.tokenizer
         self._preprocess_val = tower.preprocess_val
+        self.train_image_transform = tower.preprocess_train
         self.embed_dim = tower.embed_dim
         self.truncation = TruncationLog("BioCLIP 2 text tower")
 
@@ -975,11 +976,12 @@ class RandomBaseline(MultimodalEncoder):
     modalities = ("audio", "image", "text")
     name = "random"
 
-    def __init__(self, embed_dim: int, seed: int, preprocess_val: Callable):
+    def __init__(self, embed_dim: int, seed: int, preprocess_val: Callable, preprocess_train: Callable | None = None):
         super().__init__()
         self.embed_dim = int(embed_dim)
         self.seed = int(seed)
         self._preprocess_val = preprocess_val
+        self.train_image_transform = preprocess_train
 
     def preprocess_image(self, image) -> torch.Tensor:
         """Apply the image-text tower's deterministic evaluation transform to a PIL image."""
@@ -1023,7 +1025,7 @@ def load_baseline(name: str, config: str | Path | Mapping = "demo",
         baseline = ClapBaseline(build_audio_tower(audio_source, seed=seed), build_clap_text_tower(audio_source, seed=seed))
     elif name == "random":
         tower = build_image_text_tower(image_source, seed=seed, load_weights=False)
-        baseline = RandomBaseline(tower.embed_dim, seed, tower.preprocess_val)
+        baseline = RandomBaseline(tower.embed_dim, seed, tower.preprocess_val, tower.preprocess_train)
     else:
         raise ValueError(f"Unknown baseline {name!r}: choose one of {', '.join(BASELINES)}.")
     return baseline.to(device).eval() if device is not None else baseline.eval()

@@ -170,7 +170,9 @@ def test_parameter_groups_partition(smoke_model):
     text = {n for n, _ in smoke_model.text_parameters(named=True)}
     audio = {n for n, _ in smoke_model.audio_parameters(named=True)}
     everything = {n for n, _ in smoke_model.named_parameters()}
-    assert not (image & text) and not (image & audio) and not (text & audio)
+    assert not image & text
+    assert not image & audio
+    assert not text & audio
     assert everything - image - text - audio == {"adapter.weight", "logit_scale", "image_text.logit_scale"}
     head = {n for n, _ in smoke_model.text_parameters("head", named=True)}
     assert head == {"image_text.positional_embedding", "image_text.ln_final.weight", "image_text.ln_final.bias",
@@ -201,8 +203,10 @@ def test_audio_top_choices():
 def test_save_and_load_round_trip(smoke_model, clips, pixels, tmp_path, no_network):
     smoke_model.save_pretrained(tmp_path / "ckpt")
     record = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert record["format"] == "biovita-nb" and record["embed_dim"] == 96
-    assert record["image_text"]["name"] == "tiny-random" and record["audio"]["revision"] is None
+    assert record["format"] == "biovita-nb"
+    assert record["embed_dim"] == 96
+    assert record["image_text"]["name"] == "tiny-random"
+    assert record["audio"]["revision"] is None
     assert not [k for k in load_file(tmp_path / "ckpt" / "model.safetensors") if k.startswith("frontend.")]
 
     loaded = BioVITA.from_pretrained(tmp_path / "ckpt")
@@ -237,7 +241,7 @@ def test_load_lists_missing_and_unexpected_keys(smoke_model, tmp_path):
 
 
 def test_load_rejects_other_folders(tmp_path):
-    with pytest.raises(FileNotFoundError, match="holds no biovita-nb checkpoint"):
+    with pytest.raises(FileNotFoundError, match="contains no biovita-nb checkpoint"):
         BioVITA.from_pretrained(tmp_path)
 
 
