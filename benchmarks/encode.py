@@ -61,8 +61,8 @@ def cpu_section(repeats: int) -> None:
     for modality in ("audio", "image", "text"):
         encode, items = getattr(model, f"encode_{modality}"), data[modality]
         batched = timed(lambda: encode(items), repeats)
-        one = items[:1]
-        single = timed(lambda: encode(one), repeats)
+        first_item = items[:1]
+        single = timed(lambda: encode(first_item), repeats)
         report(f"{modality} batched", len(items), batched, f"{modality} one at a time", single, 1)
 
     from transformers import ClapFeatureExtractor

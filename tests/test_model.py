@@ -49,14 +49,14 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list:
     """Fail any attempt to open a network connection; the list records the attempts."""
     attempts: list = []
 
-    def refuse(*args, **kwargs):
+    def reject_connection(*args, **kwargs):
         attempts.append(args[1:] if args else kwargs)
         raise OSError("network access attempted in a test")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", reject_connection)
+    monkeypatch.setattr(socket.socket, "connect_ex", reject_connection)
+    monkeypatch.setattr(socket, "create_connection", reject_connection)
+    monkeypatch.setattr(socket, "getaddrinfo", reject_connection)
     return attempts
 
 
@@ -84,6 +84,22 @@ def test_model_widths_mirror_published_ratio(smoke_model):
     assert smoke_model.embed_dim == 96
     assert smoke_model.adapter.bias is None
     assert math.isclose(smoke_model.logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)
+
+
+def test_full_size_architectures():
+    config = load_config("smoke", {"model": {"image_text": {"name": "full-size-random"},
+                                             "audio": {"name": "full-size-random"}}})
+    model = build_model(config)
+    assert model.embed_dim == 768
+    assert model.spec["audio_projection_dim"] == 512
+    assert model.spec["image_text"]["open_clip_config"]["model_cfg"]["vision_cfg"]["patch_size"] == 14
+    assert list(model.audio.config.depths) == [2, 2, 6, 2]
+    with torch.no_grad():
+        audio = model.encode_audio(torch.randn(1, CLIP_SAMPLES, generator=torch.Generator().manual_seed(0)) * 0.1)
+        image = model.encode_image(torch.randn(1, 3, 224, 224))
+    assert audio.shape == (1, 768)
+    assert image.shape == (1, 768)
+    assert [n for n, _ in model.audio_top_parameters(named=True)][0] == "audio.audio_model.audio_encoder.patch_embed.proj.weight"
 
 
 def test_invalid_tower_names():
@@ -280,7 +296,7 @@ def test_published_release_import(tmp_path, clips, no_network):
         assert torch.equal(converted.encode_audio(clips[:1]), model.encode_audio(clips[:1]))
 
 
-def test_published_release_refuses_pickled_objects(tmp_path):
+def test_published_release_rejects_pickled_objects(tmp_path):
     _write_release(tmp_path / "release", extra={"args": argparse.Namespace(lr=1e-4)})
     with pytest.raises(ValueError, match="only weights-only loading is allowed"):
         import_published_release(tmp_path / "release", config="smoke")
@@ -342,13 +358,13 @@ def test_push_to_hub_writes_card(smoke_model, tmp_path, monkeypatch, no_network)
 OFFLINE_SCRIPT = textwrap.dedent("""
     import json, socket, sys
     attempts = []
-    def refuse(*args, **kwargs):
+    def reject_connection(*args, **kwargs):
         attempts.append(repr(args[1:])[:200])
         raise OSError("network access attempted")
-    socket.socket.connect = refuse
-    socket.socket.connect_ex = refuse
-    socket.create_connection = refuse
-    socket.getaddrinfo = refuse
+    socket.socket.connect = reject_connection
+    socket.socket.connect_ex = reject_connection
+    socket.create_connection = reject_connection
+    socket.getaddrinfo = reject_connection
 
     import torch
     from biovita_nb.config import load_config
@@ -368,6 +384,10 @@ OFFLINE_SCRIPT = textwrap.dedent("""
         out["checkpoint"] = BioVITA.from_pretrained("test/tiny-biovita").encode_text(prompts).tolist()
         release = BioVITA.from_pretrained("test/tiny-release", config=config)
         out["release"] = release.encode_audio(clips).tolist()
+    try:
+        build_model(load_config("smoke", {"model": {"audio": {"name": "test/not-cached"}}}))
+    except FileNotFoundError as error:
+        out["missing"] = str(error)
     out["attempts"] = attempts
     print("RESULT" + json.dumps(out))
 """)
@@ -416,6 +436,7 @@ def test_offline_hub_cache_loads_without_network(tmp_path, clips, project_root):
     assert completed.returncode == 0, completed.stderr[-4000:]
     result = json.loads(completed.stdout.split("RESULT", 1)[1])
     assert result["attempts"] == []
+    assert "test/not-cached at revision main has no config.json in the Hugging Face cache" in result["missing"]
 
     with torch.no_grad():
         prompts = ["Turdus migratorius", "Canis lupus"]
