@@ -88,7 +88,7 @@ class _Decoded:
 
 _SOUNDFILE_CODECS = {"MPEG_LAYER_III": "mp3", "MPEG_LAYER_II": "mp2", "MPEG_LAYER_I": "mp1",
                      "VORBIS": "vorbis", "OPUS": "opus"}
-_READ_BLOCK = 1 << 18  # frames per soundfile read, so a failure keeps the blocks before it
+_SALVAGE_BLOCK = 1 << 16  # frames per read when recovering the part of a file before a decoding error
 
 
 def _soundfile_codec(handle: sf.SoundFile) -> str:
@@ -104,29 +104,39 @@ def _frame_range(sample_rate: int, start_s: float, duration_s: float | None) -> 
     return start, count
 
 
+def _salvage_soundfile(handle: sf.SoundFile, start: int, count: int | None) -> tuple[np.ndarray, str]:
+    """Read block by block from `start` up to the first decoding error; return the samples and the error."""
+    handle.seek(min(start, handle.frames))
+    blocks, decoded, problem = [], 0, ""
+    while count is None or decoded < count:
+        want = _SALVAGE_BLOCK if count is None else min(_SALVAGE_BLOCK, count - decoded)
+        try:
+            block = handle.read(want, dtype="float32", always_2d=True)
+        except sf.LibsndfileError as error:
+            problem = f"decoding stopped after {decoded / handle.samplerate:.2f} s: {error}"
+            break
+        blocks.append(block)
+        decoded += len(block)
+        if len(block) < want:
+            break
+    samples = np.concatenate(blocks) if blocks else np.zeros((0, handle.channels), np.float32)
+    return samples, problem
+
+
 def _decode_soundfile(path: Path, start_s: float, duration_s: float | None) -> _Decoded:
-    """Decode a window with libsndfile, reading block by block; raise `sf.LibsndfileError` if it cannot open."""
+    """Decode a window with libsndfile; raise `sf.LibsndfileError` if it cannot open the file or read any of it."""
     with sf.SoundFile(path) as handle:
         start, count = _frame_range(handle.samplerate, start_s, duration_s)
         if start:
             handle.seek(min(start, handle.frames))
-        blocks, decoded, problem = [], 0, ""
-        while count is None or decoded < count:
-            want = _READ_BLOCK if count is None else min(_READ_BLOCK, count - decoded)
-            try:
-                block = handle.read(want, dtype="float32", always_2d=True)
-            except sf.LibsndfileError as error:
-                if not blocks:
-                    raise
-                problem = f"decoding stopped after {decoded / handle.samplerate:.2f} s: {error}"
-                break
-            if len(block) == 0:
-                break
-            blocks.append(block)
-            decoded += len(block)
-            if len(block) < want:
-                break
-        samples = np.concatenate(blocks) if blocks else np.zeros((0, handle.channels), np.float32)
+        # One read call: soundfile seeks after every read, and seeking an MP3 costs a scan of its frames.
+        problem = ""
+        try:
+            samples = handle.read(-1 if count is None else count, dtype="float32", always_2d=True)
+        except sf.LibsndfileError:
+            samples, problem = _salvage_soundfile(handle, start, count)
+            if len(samples) == 0:
+                raise
         # libsndfile logs "(should be N)" when a RIFF/AIFF chunk claims more bytes than the file holds.
         note = "a chunk in its header claims more bytes than the file holds" if "(should be" in handle.extra_info else ""
         return _Decoded(np.ascontiguousarray(samples.T), handle.samplerate, _soundfile_codec(handle),
@@ -520,6 +530,8 @@ class ClapMelFrontend(nn.Module):
         filters = slaney_mel_filters(n_fft // 2 + 1, n_mels, sample_rate, f_min, f_max)
         # Not persistent: the filters follow from the settings, so checkpoints need not carry them.
         self.register_buffer("mel_filters", filters.to(torch.float32), persistent=False)
+        # Frequency bins above the last filter (f_max) never reach the mel bands, so they are skipped.
+        self.used_bins = int(torch.nonzero(filters.sum(dim=1))[-1]) + 1
 
     @property
     def frames(self) -> int:
@@ -573,27 +585,27 @@ class ClapMelFrontend(nn.Module):
 
     def _log_mel(self, batch: torch.Tensor) -> torch.Tensor:
         """Compute (batch, frames, n_mels) log-mel features in dB from (batch, max_samples) waveforms."""
+        half = self.n_fft // 2
+        # Centred frames: pad half a window on each side by reflection, once for both passes below.
+        padded = nn.functional.pad(batch.unsqueeze(1), (half, half), mode="reflect").squeeze(1)
         window = torch.hann_window(self.n_fft, periodic=True, dtype=batch.dtype, device=batch.device)
-        spectrum = torch.stft(batch, self.n_fft, self.hop_length, window=window, center=True, pad_mode="reflect",
-                              return_complex=True)
+        spectrum = torch.stft(padded, self.n_fft, self.hop_length, window=window, center=False, return_complex=True)
         power = (spectrum.real.square() + spectrum.imag.square()).transpose(1, 2)
-        mel = power @ self.mel_filters.to(batch.dtype)
+        mel = power[..., : self.used_bins] @ self.mel_filters[: self.used_bins].to(batch.dtype)
         if batch.dtype != torch.float64 and self.refine_below > 0:
-            mel = self._refine(batch, power, mel)
+            mel = self._refine(padded, power.sum(dim=-1), mel)
         return 10.0 * torch.log10(mel.clamp(min=1e-10))
 
-    def _refine(self, batch: torch.Tensor, power: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+    def _refine(self, padded: torch.Tensor, energy: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         """Recompute in float64 the frames whose quietest mel band is below `refine_below` of their energy."""
-        suspect = mel.amin(dim=-1) < self.refine_below * power.sum(dim=-1)
+        suspect = mel.amin(dim=-1) < self.refine_below * energy
         if not bool(suspect.any()):
             return mel
         rows, frames = suspect.nonzero(as_tuple=True)
-        half = self.n_fft // 2
-        padded = nn.functional.pad(batch.unsqueeze(1), (half, half), mode="reflect").squeeze(1)
-        window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float64, device=batch.device)
+        window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float64, device=padded.device)
         segments = padded.unfold(-1, self.n_fft, self.hop_length)[rows, frames].to(torch.float64) * window
-        spectrum = torch.fft.rfft(segments)
-        exact = (spectrum.real.square() + spectrum.imag.square()) @ self.mel_filters.to(torch.float64)
+        spectrum = torch.fft.rfft(segments)[..., : self.used_bins]
+        power = spectrum.real.square() + spectrum.imag.square()
         mel = mel.clone()
-        mel[rows, frames] = exact.to(mel.dtype)
+        mel[rows, frames] = (power @ self.mel_filters[: self.used_bins].to(torch.float64)).to(mel.dtype)
         return mel
