@@ -27,11 +27,11 @@ from .config import (ConfigError, RunPaths, derive_seed, resolve_device, resolve
 
 # %% auto #0
 __all__ = ['logger', 'LEVELS', 'MODALITIES', 'DIRECTIONS', 'SPLITS', 'TEXT_FIELD_OF_NAME', 'TASK_COLUMNS', 'TIE_BREAKS',
-           'MANIFEST_COLUMNS', 'BASELINES', 'TRAINED', 'task_filename', 'Task', 'read_task_csv', 'write_task_csv',
-           'MissingFeatureError', 'score_task', 'score_task_file', 'Benchmark', 'load_benchmark', 'build_benchmark',
-           'example_manifest', 'FeatureSet', 'ModalityUnavailable', 'FeatureStore', 'write_feature_set', 'text_strings',
-           'extract_features', 'score_model', 'ModelUnavailable', 'load_benchmark_model', 'summary_table',
-           'run_benchmark_stage']
+           'MANIFEST_COLUMNS', 'BASELINES', 'TRAINED', 'CLIP_CACHE_BYTES', 'task_filename', 'Task', 'read_task_csv',
+           'write_task_csv', 'MissingFeatureError', 'score_task', 'score_task_file', 'Benchmark', 'load_benchmark',
+           'build_benchmark', 'example_manifest', 'FeatureSet', 'ModalityUnavailable', 'FeatureStore',
+           'write_feature_set', 'text_strings', 'extract_features', 'score_model', 'ModelUnavailable',
+           'load_benchmark_model', 'summary_table', 'run_benchmark_stage']
 
 # %% ../nbs/04_benchmark.ipynb #be6bc4a3
 logger = logging.getLogger(__name__)
@@ -967,7 +967,7 @@ def _embed(model: Any, method: str, batch: Any, device: torch.device, precision:
         return getattr(model, method)(batch).float().cpu().numpy()
 
 
-def _audio_encoder(model, table: pd.DataFrame, config: Mapping, device, precision) -> Callable:
+def _audio_encoder(model, table: pd.DataFrame, config: Mapping, device, precision, clip_cache: dict | None = None) -> Callable:
     """Return an encoder of audio index positions: onset crop inside each item's stretch."""
     from biovita_nb.audio import load_clip
     errors, seconds = _decode_errors("audio"), float(config["data"]["clip_seconds"])
@@ -978,11 +978,17 @@ def _audio_encoder(model, table: pd.DataFrame, config: Mapping, device, precisio
     def encode(positions: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
         waves, failures = [], {}
         for p in positions.tolist():
+            start_s = 0.0 if np.isnan(starts[p]) else float(starts[p])
+            end_s = None if np.isnan(ends[p]) else float(ends[p])
+            key = (table["file_path"].iat[p], start_s, end_s, seconds, sample_rate)
             try:
-                clip = load_clip(table["file_path"].iat[p], seconds=seconds, mode="onset", sample_rate=sample_rate,
-                                 start_s=0.0 if np.isnan(starts[p]) else float(starts[p]),
-                                 end_s=None if np.isnan(ends[p]) else float(ends[p]))
-                waves.append(torch.as_tensor(clip.wave))
+                if clip_cache is None or key not in clip_cache:
+                    clip = load_clip(key[0], seconds=seconds, mode="onset", sample_rate=sample_rate,
+                                     start_s=start_s, end_s=end_s)
+                    wave = torch.as_tensor(clip.wave)
+                    if clip_cache is not None:
+                        clip_cache[key] = wave
+                waves.append(clip_cache[key] if clip_cache is not None else wave)
             except errors as error:
                 failures[p] = f"{type(error).__name__}: {error}"
                 logger.warning("Audio item %s (%s) left out: %s", table["id"].iat[p], table["file_path"].iat[p], error)
@@ -1038,7 +1044,7 @@ def _text_encoder(model, strings: Sequence[str], device, precision) -> Callable:
 # %% ../nbs/04_benchmark.ipynb #28b00a7a
 def extract_features(model: Any, benchmark: Benchmark, out_dir: str | os.PathLike, config: Mapping, *,
                      model_name: str = "model", model_fingerprint: str = "", rank: int | None = None,
-                     world_size: int | None = None, force: bool = False) -> FeatureStore:
+                     world_size: int | None = None, force: bool = False, clip_cache: dict | None = None) -> FeatureStore:
     """Embed every benchmark item with `model` into the feature store in `out_dir`."""
     from biovita_nb.model import ModalityUnavailableError
     settings = config["benchmark"]
@@ -1047,9 +1053,11 @@ def extract_features(model: Any, benchmark: Benchmark, out_dir: str | os.PathLik
     precision = resolve_precision(config.get("precision", "auto"), device)
     if hasattr(model, "to"):
         model = model.to(device).eval()
-    jobs = [("audio", benchmark.audio_index, lambda t: _audio_encoder(model, t, config, device, precision)),
+    used = {m for d in settings["directions"] for m in DIRECTIONS[d]}
+    jobs = [("audio", benchmark.audio_index, lambda t: _audio_encoder(model, t, config, device, precision, clip_cache)),
             ("image", benchmark.image_index, lambda t: _image_encoder(model, t, config, device, precision))]
-    for text_field in _fields_needed(config):
+    jobs = [job for job in jobs if job[0] in used]
+    for text_field in (_fields_needed(config) if "text" in used else []):
         strings = text_strings(benchmark.text_index, text_field)
         jobs.append((f"text-{text_field}", benchmark.text_index,
                      lambda t, s=strings: _text_encoder(model, s, device, precision)))
@@ -1175,6 +1183,9 @@ def _summary_cell(entry: Mapping | None) -> str:
     return f"{entry['top1']:.1f} (n={entry['n_queries']}, c={entry['n_candidates']})"
 
 # %% ../nbs/04_benchmark.ipynb #d541409d
+CLIP_CACHE_BYTES = 2**30  # decoded clips kept across models when the whole benchmark's audio fits
+
+
 def _open_benchmark(config: Mapping, run: RunPaths, force: bool) -> Benchmark:
     """Return the benchmark to score: the configured published one, or one built from the run's manifest."""
     published = config["data"].get("benchmark_dir")
@@ -1190,6 +1201,8 @@ def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = Fals
     setup_logging("INFO", run.logs / "benchmark.log")
     started = time.perf_counter()
     benchmark = _open_benchmark(config, run, force)
+    clip_bytes = 4 * int(config["data"]["sample_rate"] * config["data"]["clip_seconds"])
+    clip_cache = {} if len(benchmark.audio_index) * clip_bytes <= CLIP_CACHE_BYTES else None
     entries, predictions, skipped = [], [], []
     for name in config["benchmark"]["models"]:
         try:
@@ -1200,7 +1213,7 @@ def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = Fals
             continue
         logger.info("Model %s: extracting features", name)
         store = extract_features(model, benchmark, run.features / name, config, model_name=name,
-                                 model_fingerprint=model_fingerprint, force=force)
+                                 model_fingerprint=model_fingerprint, force=force, clip_cache=clip_cache)
         del model
         model_entries, model_predictions = score_model(store, benchmark, config, name)
         entries += model_entries
