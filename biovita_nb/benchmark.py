@@ -516,7 +516,7 @@ def _test_items(manifest: Any) -> _Items:
     excluded: dict[str, int] = {}
     tables = {}
     for modality, items in (("audio", recordings), ("image", images)):
-        rows = test[test["modality"] == modality].drop(columns=["modality", "split"])
+        rows = test.loc[test["modality"] == modality, ["item_id", "species_set", "start_s", "end_s"]]
         rows = rows.merge(items.drop(columns=[c for c in ("species_set", "start_s", "end_s") if c in items]),
                           on="item_id", how="left", validate="many_to_one")
         usable = (rows["status"] == "ok") & rows["path"].notna() & (rows["path"].astype(str) != "")

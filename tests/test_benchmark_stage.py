@@ -204,3 +204,18 @@ def test_stage_scores_a_published_benchmark(sample_benchmark, tmp_path: Path):
     entries = run_benchmark_stage(config, "published")
     assert len([e for e in entries if e.get("text") == "common"]) == 36
     assert not (run_paths("published").benchmark / "benchmark.json").exists()  # scored in place, not rebuilt
+
+
+def test_stage_on_the_data_stage_manifest():
+    from biovita_nb.data import run_data_stage
+
+    config = load_config("smoke", ["benchmark.models=[random, stage2]"])
+    run = run_paths("from-data-stage")
+    run_data_stage(config, run)
+    entries = run_benchmark_stage(config, run)
+    common = [e for e in entries if e["text"] == "common"]
+    assert len(common) == 36 and all(e["model"] == "random" and e["applicable"] for e in common)
+    assert all(e["n_queries"] > 0 for e in common if e["split"] == "seen")
+    stretches = pd.read_csv(run.benchmark / "ids" / "audio_index.csv").dropna(subset=["start_s"])
+    assert len(stretches) > 0  # the sample's single recordings are split in time
+    assert json.loads((run.results / "skipped_models.json").read_text())[0]["model"] == "stage2"
