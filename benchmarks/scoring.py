@@ -1,10 +1,10 @@
 """Benchmark scoring speed and memory, and feature-store loading, against baselines measured in the same run.
 
 1. A synthetic benchmark: 36 scenarios of 2,000 queries, each query with 100 candidate taxa of 1
-   to 40 target items each, 768-d float32 unit vectors. It runs once per pool size (`--taxa`): a
-   pool of 100 taxa means every query ranks the same 100 taxa; with a larger pool each query's 100
-   are drawn from it, so the scorer computes similarities to items that a given query does not
-   need. The vectorised scorer (`biovita_nb.benchmark.score_task`) scores all of it; a plain
+   to 40 target items each, 768-d float32 unit vectors. It runs once per pool size (`--taxa`).
+   With a pool of 100 taxa every query ranks the same 100 taxa. With a larger pool each query's
+   100 are drawn from it, so the scorer also computes similarities to items that a given query
+   does not need. The vectorised scorer (`biovita_nb.benchmark.score_task`) scores all of it; a plain
    per-query loop (one query, one candidate at a time, as a reference implementation would) scores
    a subset, whose per-query time is multiplied out to the full benchmark. The loop's ranks are
    checked against the vectorised ones on that subset.
@@ -43,7 +43,7 @@ def unit_rows(rng: np.random.Generator, n: int, dim: int, dtype=np.float32) -> n
 
 def synthetic_task(rng: np.random.Generator, n_queries: int, n_taxa: int, n_candidates: int, max_items: int,
                    n_gallery: int) -> Task:
-    """One scenario: a pool of taxa with 1..max_items items (ids into a shared gallery), random candidates."""
+    """Build one scenario: a pool of taxa with 1 to max_items items each (ids into a shared gallery), random candidates."""
     sizes = rng.integers(1, max_items + 1, size=n_taxa)
     offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
     items = rng.choice(n_gallery, size=offsets[-1], replace=False).astype(np.int64)
@@ -59,7 +59,7 @@ def synthetic_task(rng: np.random.Generator, n_queries: int, n_taxa: int, n_cand
 
 
 def loop_ranks(task: Task, query_ids, queries, target_ids, targets, rows) -> list[int]:
-    """The plain reference: for each query, each candidate's best item score, then count who beats the correct one."""
+    """Rank each query's correct taxon the plain way: one candidate's best item score at a time, then count."""
     query_row = {int(i): r for r, i in enumerate(query_ids)}
     target_row = {int(i): r for r, i in enumerate(target_ids)}
     ranks = []
@@ -162,15 +162,15 @@ def store_section(args) -> None:
             torch.save(torch.from_numpy(features[i].astype(np.float16)), per_item / f"{i}.pt")
         files_write = time.perf_counter() - start
 
-        wanted = rng.permutation(ids)
+        requested = rng.permutation(ids)
         start = time.perf_counter()
         loaded = store.load("audio")
         row_of = np.empty(len(loaded.ids), dtype=np.int64)
         row_of[loaded.ids] = np.arange(len(loaded.ids))
-        from_store = np.asarray(loaded.embeddings[row_of[wanted]], dtype=np.float32)
+        from_store = np.asarray(loaded.embeddings[row_of[requested]], dtype=np.float32)
         store_read = time.perf_counter() - start
         start = time.perf_counter()
-        from_files = np.stack([torch.load(per_item / f"{i}.pt", weights_only=True).float().numpy() for i in wanted])
+        from_files = np.stack([torch.load(per_item / f"{i}.pt", weights_only=True).float().numpy() for i in requested])
         files_read = time.perf_counter() - start
         assert np.array_equal(from_store, from_files)
     print(f"Feature loading, {args.store_items} items of {args.dim}-d float16, in a shuffled order:")

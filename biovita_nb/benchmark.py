@@ -191,33 +191,33 @@ class MissingFeatureError(KeyError):
         return str(self.args[0])
 
 
-def _index_of(ids: np.ndarray, wanted: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return the row of each wanted id in `ids` and a mask of the wanted ids that are present."""
+def _index_of(ids: np.ndarray, requested: np.ndarray, role: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return the row of each requested id in `ids` and a mask of the requested ids that are present."""
     ids = np.asarray(ids, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     if len(sorted_ids) > 1 and (sorted_ids[1:] == sorted_ids[:-1]).any():
         duplicated = np.unique(sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]])
-        raise ValueError(f"The {what} ids contain duplicates: {duplicated[:10].tolist()}; pass each id once.")
-    position = np.searchsorted(sorted_ids, wanted)
+        raise ValueError(f"The {role} ids contain duplicates: {duplicated[:10].tolist()}; pass each id once.")
+    position = np.searchsorted(sorted_ids, requested)
     position = np.clip(position, 0, max(len(sorted_ids) - 1, 0))
-    present = (sorted_ids[position] == wanted) if len(sorted_ids) else np.zeros(len(wanted), dtype=bool)
+    present = (sorted_ids[position] == requested) if len(sorted_ids) else np.zeros(len(requested), dtype=bool)
     rows = np.where(present, order[position] if len(order) else 0, -1)
     return rows, present
 
 
-def _missing_message(what: str, ids: Iterable[int], source: str) -> str:
+def _missing_message(modality: str, ids: Iterable[int], source: str) -> str:
     """Format the error for ids without features."""
     ids = sorted(set(int(i) for i in ids))
-    shown = ", ".join(map(str, ids[:10])) + (f", ... ({len(ids)} in all)" if len(ids) > 10 else "")
-    return (f"{source}: no {what} feature for id(s) {shown}. Extract features for every id of the index files, "
+    listed = ", ".join(map(str, ids[:10])) + (f", ... ({len(ids)} in all)" if len(ids) > 10 else "")
+    return (f"{source}: no {modality} feature for id(s) {listed}. Extract features for every id of the index files, "
             f"or score with on_missing='skip' to skip and count the affected queries.")
 
 # %% ../nbs/04_benchmark.ipynb #68aebcd0
 def _group_layout(task: Task, target_rows: np.ndarray, target_present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return the embedding rows of the task's target items, group after group, and the group offsets."""
-    kept_before = np.r_[0, np.cumsum(target_present)]
-    counts = kept_before[task.group_offsets[1:]] - kept_before[task.group_offsets[:-1]]
+    present_before = np.r_[0, np.cumsum(target_present)]
+    counts = present_before[task.group_offsets[1:]] - present_before[task.group_offsets[:-1]]
     return target_rows[target_present], np.r_[0, np.cumsum(counts)].astype(np.int64)
 
 # %% ../nbs/04_benchmark.ipynb #5aa3b174
@@ -248,12 +248,12 @@ def _candidate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.n
     return scores
 
 
-def _gather(array: np.ndarray, rows: np.ndarray, what: str) -> np.ndarray:
+def _gather(array: np.ndarray, rows: np.ndarray, role: str) -> np.ndarray:
     """Copy `array[rows]` as float32 and check that it is finite."""
     block = np.asarray(array[np.asarray(rows)], dtype=np.float32)
     if not np.isfinite(block).all():
         bad = np.asarray(rows)[~np.isfinite(block).all(axis=1)]
-        raise ValueError(f"Non-finite {what} embeddings in rows {bad[:10].tolist()}: these items have no valid "
+        raise ValueError(f"Non-finite {role} embeddings in rows {bad[:10].tolist()}: these items have no valid "
                          "feature; re-extract them or score with on_missing='skip'.")
     return block
 
@@ -317,18 +317,18 @@ def score_task(task: Task, query_ids: Sequence[int], query_embeddings: np.ndarra
     skipped = {"correct_not_in_candidates": int((task.correct < 0).sum()),
                "missing_query_feature": int(((task.correct >= 0) & ~query_present).sum()),
                "missing_target_features": int(((task.correct >= 0) & query_present & lost_group).sum())}
-    kept = np.flatnonzero((task.correct >= 0) & query_present & ~lost_group)
+    scored = np.flatnonzero((task.correct >= 0) & query_present & ~lost_group)
 
-    scores = _candidate_scores(query_embeddings, query_rows[kept], target_embeddings, rows, offsets,
-                               task.candidates[kept], int(block_mb * 2**20))
-    rank, top = _ranks(scores, task.candidates[kept], task.correct[kept], tie_break)
-    result = _summarise(task, kept, rank, ks)
+    scores = _candidate_scores(query_embeddings, query_rows[scored], target_embeddings, rows, offsets,
+                               task.candidates[scored], int(block_mb * 2**20))
+    rank, top = _ranks(scores, task.candidates[scored], task.correct[scored], tie_break)
+    result = _summarise(task, scored, rank, ks)
     result["skipped"] = skipped
     if details:
-        top_groups = task.candidates[kept, top] if len(kept) else np.zeros(0, np.int64)
-        result["queries"] = pd.DataFrame({"query_id": task.query_ids[kept], "correct_taxon": task.correct_taxa[kept],
-                                          "predicted_taxon": task.group_taxa[top_groups] if len(kept) else [],
-                                          "rank": rank, "taxon_class": task.taxon_classes[kept]})
+        top_groups = task.candidates[scored, top] if len(scored) else np.zeros(0, np.int64)
+        result["queries"] = pd.DataFrame({"query_id": task.query_ids[scored], "correct_taxon": task.correct_taxa[scored],
+                                          "predicted_taxon": task.group_taxa[top_groups] if len(scored) else [],
+                                          "rank": rank, "taxon_class": task.taxon_classes[scored]})
     return result
 
 
@@ -341,15 +341,15 @@ def _check_dims(queries: np.ndarray, targets: np.ndarray, source: str) -> None:
                          f"{targets.shape[1]}-d; both modalities must come from the same model.")
 
 # %% ../nbs/04_benchmark.ipynb #4932c509
-def _summarise(task: Task, kept: np.ndarray, rank: np.ndarray, ks: Sequence[int]) -> dict:
+def _summarise(task: Task, scored: np.ndarray, rank: np.ndarray, ks: Sequence[int]) -> dict:
     """Return Top-k percentages overall, per taxon and per class for the scored queries."""
-    counts = task.candidate_counts()[kept]
+    counts = task.candidate_counts()[scored]
     result: dict[str, Any] = {f"top{k}": (float(100.0 * (rank <= k).sum() / len(rank)) if len(rank) else None) for k in ks}
-    result.update(n_queries=int(len(kept)), n_rows=int(task.n_queries),
+    result.update(n_queries=int(len(scored)), n_rows=int(task.n_queries),
                   n_candidates=int(counts.max()) if len(counts) else 0,
                   n_candidates_min=int(counts.min()) if len(counts) else 0)
-    result["per_taxon"] = _grouped_accuracy(task.correct_taxa[kept], rank, ks)
-    classes = task.taxon_classes[kept]
+    result["per_taxon"] = _grouped_accuracy(task.correct_taxa[scored], rank, ks)
+    classes = task.taxon_classes[scored]
     known = np.array([str(c) not in ("", "nan", "None") for c in classes], dtype=bool)
     result["per_class"] = _grouped_accuracy(classes[known], rank[known], ks)
     return result
@@ -447,7 +447,7 @@ def load_benchmark(directory: str | os.PathLike, ids_dir: str | os.PathLike | No
 
 
 def _has_levels(folder: Path) -> bool:
-    """Tell whether a folder holds at least one level folder."""
+    """Tell whether a folder contains at least one level folder."""
     return any((folder / level).is_dir() for level in LEVELS)
 
 
@@ -1169,7 +1169,9 @@ def summary_table(entries: Sequence[Mapping]) -> str:
                           == (model, split, level, text, direction)), None)
             cells.append(_summary_cell(entry))
         lines.append(f"| {model} | {split} | {level} | {text} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    legend = ("Cells: Top-1 in percent (n: queries scored, c: candidates per query). n/a: the model has no encoder "
+              "for a modality of that direction. Empty: a direction without text, scored once in the row of the main text name.")
+    return "\n".join(lines) + "\n\n" + legend + "\n"
 
 
 def _summary_cell(entry: Mapping | None) -> str:
@@ -1200,6 +1202,7 @@ def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = Fals
     run.make_dirs()
     setup_logging("INFO", run.logs / "benchmark.log")
     started = time.perf_counter()
+
     benchmark = _open_benchmark(config, run, force)
     clip_bytes = 4 * int(config["data"]["sample_rate"] * config["data"]["clip_seconds"])
     clip_cache = {} if len(benchmark.audio_index) * clip_bytes <= CLIP_CACHE_BYTES else None
@@ -1218,6 +1221,7 @@ def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = Fals
         model_entries, model_predictions = score_model(store, benchmark, config, name)
         entries += model_entries
         predictions.append(model_predictions)
+
     write_json_atomic(run.results / "results.json", entries)
     write_json_atomic(run.results / "skipped_models.json", skipped)
     (run.results / "summary.md").write_text(summary_table(entries), encoding="utf-8")

@@ -60,7 +60,8 @@ def test_published_layout_loads(tmp_path: Path):
     assert benchmark.scenarios() == [("published", "species", "A2T"), ("published", "species", "I2A")]
     assert benchmark.audio_index["file_path"].iloc[0] == str(root / "audio" / "migratorius_0.mp3")
     task = benchmark.task("published", "species", "A2T")
-    assert task.n_queries == 10 and task.candidate_counts().tolist() == [4] * 10
+    assert task.n_queries == 10
+    assert task.candidate_counts().tolist() == [4] * 10
     assert (task.correct == 3).all()
     i2a = benchmark.task("published", "species", "I2A")
     assert [i2a.group(g).tolist() for g in i2a.candidates[0]] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
@@ -85,12 +86,15 @@ def test_published_layout_scores(tmp_path: Path):
     audio = np.repeat(text, 2, axis=0)
     image = np.roll(np.repeat(text, 2, axis=0)[::2], 1, axis=0)
     a2t = score_task_file(root / "species" / "test_audio_to_text.csv", np.arange(10), audio, np.arange(5), text)
-    assert a2t["top1"] == 100.0 and a2t["n_queries"] == 10 and a2t["n_candidates"] == 4
+    assert a2t["top1"] == 100.0
+    assert a2t["n_queries"] == 10
+    assert a2t["n_candidates"] == 4
     assert set(a2t["per_class"]) == {"Aves", "Mammalia", "Amphibia"}
     assert a2t["per_class"]["Aves"]["n_queries"] == 6
     i2a = score_task_file(root / "species" / "test_image_to_audio.csv", np.arange(5), image, np.arange(10), audio,
                           ks=(1, 5))
-    assert i2a["top1"] == 0.0 and i2a["top5"] == 100.0
+    assert i2a["top1"] == 0.0
+    assert i2a["top5"] == 100.0
 
 
 def test_ids_folder_next_to_split_folders(tmp_path: Path):
@@ -98,7 +102,8 @@ def test_ids_folder_next_to_split_folders(tmp_path: Path):
     write_published_benchmark(root / "seen")
     (root / "seen" / "ids").rename(root / "ids")
     benchmark = load_benchmark(root)
-    assert benchmark.splits == ["seen"] and benchmark.ids_dir == root / "ids"
+    assert benchmark.splits == ["seen"]
+    assert benchmark.ids_dir == root / "ids"
     assert len(load_benchmark(root / "seen").text_index) == 5  # a split folder finds ids/ one level up
 
 
@@ -137,5 +142,5 @@ def test_task_file_columns_are_published_ones(tmp_path: Path):
     assert {"id", "species", "genus", "family", "class", "common_name"} <= set(text.columns)
     for modality in ("audio", "image"):
         assert {"id", "file_path"} <= set(pd.read_csv(built.ids_dir / f"{modality}_index.csv").columns)
-    empty = read_task_csv(built.root / "unseen" / "species" / task_filename("A2I"))
-    assert empty.direction == "A2I"
+    task = read_task_csv(built.root / "unseen" / "species" / task_filename("A2I"))
+    assert task.direction == "A2I"

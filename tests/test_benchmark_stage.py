@@ -19,11 +19,12 @@ UNSEEN = {"Gavia immer", "Vulpes vulpes", "Pseudacris maculata", "Cervus canaden
 
 
 def sample_manifest(root: Path = sample_dir()) -> dict[str, pd.DataFrame]:
-    """A manifest of the bundled sample with the contract's columns.
+    """Build a manifest of the bundled sample with the contract's columns.
 
-    Unseen: four species (one with audio only, one with an image only). Seen: a species with two
-    recordings holds out the second; a single recording of 20 s or more is split in time (the last
-    30 % is the test stretch); shorter single recordings are test items whole. Every photo is a test item.
+    Four species are unseen, one of them with audio only and one with a photo only. A seen species
+    with two recordings holds out the second. A single recording of 20 s or more is split in time,
+    and its last 30 % is the test stretch. Shorter single recordings are test items whole. Every
+    photo is a test item.
     """
     tables = {}
     for name, modality in (("recordings", "audio"), ("images", "image")):
@@ -72,7 +73,8 @@ def test_sample_builds_36_tasks(sample_benchmark):
     assert counts[("unseen", "species", "I2A")]["n_candidates"] == 3
     assert counts[("unseen", "species", "T2A")]["n_queries"] == 3
     stretches = sample_benchmark.audio_index.dropna(subset=["start_s"])
-    assert len(stretches) == 12 and (stretches["end_s"] > stretches["start_s"]).all()
+    assert len(stretches) == 12
+    assert (stretches["end_s"] > stretches["start_s"]).all()
 
 
 def test_all_scenarios_score_on_the_sample(sample_benchmark, tmp_path: Path):
@@ -83,13 +85,14 @@ def test_all_scenarios_score_on_the_sample(sample_benchmark, tmp_path: Path):
     keys = {(e["split"], e["level"], e["direction"]) for e in entries}
     assert keys == {(s, l, d) for s in ("seen", "unseen") for l in LEVELS for d in DIRECTIONS}
     with_text = [e for e in entries if e["level"] == "species" and "T" in e["direction"]]
-    assert sorted({e["text"] for e in with_text}) == ["common", "scientific"] and len(with_text) == 16
+    assert sorted({e["text"] for e in with_text}) == ["common", "scientific"]
+    assert len(with_text) == 16
     for entry in entries:
         assert entry["applicable"]
         if entry["n_queries"] == 0:
             assert entry["top1"] is None
         else:
-            assert 0.0 <= entry["top1"] <= entry["top5"] <= entry["top10"] <= 100.0
+            assert 0.0 <= entry["top1"] <= entry["top5"] <= entry["top10"] <= 100.0  # one chain: Top-k grows with k
             assert sum(v["n_queries"] for v in entry["per_class"].values()) == entry["n_queries"]
     assert len(predictions) == sum(e["n_queries"] for e in entries)
     assert set(predictions.columns) >= {"model", "split", "level", "direction", "correct_taxon", "predicted_taxon", "rank"}
@@ -183,7 +186,8 @@ def test_stage_writes_results(tmp_path: Path):
             uses_missing = missing in DIRECTIONS[entry["direction"]][0] + DIRECTIONS[entry["direction"]][1]
             assert entry["applicable"] is not uses_missing
             if uses_missing:
-                assert entry["top1"] is None and f"no {missing} encoder" in entry["reason"]
+                assert entry["top1"] is None
+                assert f"no {missing} encoder" in entry["reason"]
     summary = (run.results / "summary.md").read_text()
     assert "| bioclip2 | seen | species | common | n/a | n/a | n/a | n/a |" in summary
     assert pd.read_parquet(run.results / "predictions.parquet")["model"].nunique() == 3
@@ -214,7 +218,9 @@ def test_stage_on_the_data_stage_manifest():
     run_data_stage(config, run)
     entries = run_benchmark_stage(config, run)
     common = [e for e in entries if e["text"] == "common"]
-    assert len(common) == 36 and all(e["model"] == "random" and e["applicable"] for e in common)
+    assert len(common) == 36
+    assert all(e["model"] == "random" for e in common)
+    assert all(e["applicable"] for e in common)
     assert all(e["n_queries"] > 0 for e in common if e["split"] == "seen")
     stretches = pd.read_csv(run.benchmark / "ids" / "audio_index.csv").dropna(subset=["start_s"])
     assert len(stretches) > 0  # the sample's single recordings are split in time

@@ -16,7 +16,7 @@ from biovita_nb.config import load_config
 
 
 class Encoder:
-    """A stand-in encoder: row p is (p, p + 0.5, 1); some positions fail; counts what it encodes."""
+    """Stand-in encoder: row p is (p, p + 0.5, 1), the positions in `fail` fail, and every batch is recorded."""
 
     def __init__(self, fail=(), stop_after: int | None = None):
         self.fail, self.stop_after, self.encoded = set(fail), stop_after, []
@@ -26,8 +26,8 @@ class Encoder:
             raise KeyboardInterrupt("interrupted")
         self.encoded.append(positions.tolist())
         failures = {int(p): f"cannot read item {p}" for p in positions if p in self.fail}
-        kept = [p for p in positions if p not in self.fail]
-        return np.array([[p, p + 0.5, 1.0] for p in kept], dtype=np.float32).reshape(-1, 3), failures
+        readable = [p for p in positions if p not in self.fail]
+        return np.array([[p, p + 0.5, 1.0] for p in readable], dtype=np.float32).reshape(-1, 3), failures
 
 
 IDS = np.arange(1000, 1023)
@@ -63,7 +63,8 @@ def test_interrupted_shard_resumes_without_redoing_batches(tmp_path: Path):
     first = Encoder(stop_after=2)
     with pytest.raises(KeyboardInterrupt):
         write_feature_set(store, "audio", IDS, first, batch_size=5, dtype="float32", rank=0, world_size=1)
-    assert not store.is_complete("audio") and not (tmp_path / "audio.npy").exists()
+    assert not store.is_complete("audio")
+    assert not (tmp_path / "audio.npy").exists()
     second = Encoder()
     assert write_feature_set(store, "audio", IDS, second, batch_size=5, dtype="float32", rank=0, world_size=1)
     assert [p for batch in second.encoded for p in batch] == list(range(10, 23))
@@ -78,7 +79,8 @@ def test_complete_set_is_reused_unless_changed_or_forced(tmp_path: Path):
     assert again.encoded == []
     changed = Encoder()
     write_feature_set(store, "audio", IDS, changed, batch_size=8, fingerprint="b", rank=0, world_size=1)
-    assert len(changed.encoded) == 3 and store.meta("audio")["fingerprint"] == "b"
+    assert len(changed.encoded) == 3
+    assert store.meta("audio")["fingerprint"] == "b"
     forced = Encoder()
     write_feature_set(store, "audio", IDS, forced, batch_size=8, fingerprint="b", rank=0, world_size=1, force=True)
     assert len(forced.encoded) == 3
@@ -98,7 +100,8 @@ def test_rank_without_items(tmp_path: Path):
     ids = np.array([5, 6])
     results = [write_feature_set(store, "text-genus", ids, Encoder(), batch_size=4, rank=rank, world_size=4)
                for rank in (3, 2, 1, 0)]
-    assert results[-1] and store.load("text-genus").embeddings[:, 0].tolist() == [0.0, 1.0]
+    assert results[-1]
+    assert store.load("text-genus").embeddings[:, 0].tolist() == [0.0, 1.0]
 
 
 def test_failed_items_are_nan_and_block_scoring(tmp_path: Path):
@@ -109,7 +112,8 @@ def test_failed_items_are_nan_and_block_scoring(tmp_path: Path):
     write_feature_set(store, "audio", audio_ids, Encoder(fail=[0]), batch_size=3, rank=0, world_size=1)
     write_feature_set(store, "text", benchmark.text_index["id"].to_numpy(), Encoder(), batch_size=3, rank=0, world_size=1)
     audio, text = store.load("audio"), store.load("text")
-    assert np.isnan(audio.embeddings[0]).all() and audio.failures == {0: "cannot read item 0"}
+    assert np.isnan(audio.embeddings[0]).all()
+    assert audio.failures == {0: "cannot read item 0"}
     assert audio.scoring_arrays()[0].tolist() == audio_ids[1:].tolist()
     with pytest.raises(MissingFeatureError, match=r"no audio feature for id\(s\) 0\b"):
         score_task(task, *text.scoring_arrays(), *audio.scoring_arrays())
