@@ -41,15 +41,15 @@ from .taxonomy import LEVELS, Taxon, prompt, sample_prompt, synonym_table
 __all__ = ['logger', 'RANK_COLUMNS', 'TAXON_COLUMNS', 'COMMON_COLUMNS', 'RECORDING_COLUMNS', 'IMAGE_COLUMNS', 'MEASURED_COLUMNS',
            'PASSTHROUGH_COLUMNS', 'EXTRA_COLUMN_CHOICES', 'IMAGE_EXTENSIONS', 'BENCHMARK_INDEX_COLUMNS',
            'DOWNLOAD_CHUNK_BYTES', 'USER_AGENT', 'TRAIT_NAME_COLUMNS', 'AUDIO_FACTS', 'IMAGE_FACTS', 'PROBE_CHUNK_ROWS',
-           'STATUS_ORDER', 'UNSEEN_RULES', 'SINGLE_IMAGE_POLICIES', 'SOURCES', 'MANIFEST_FILES', 'SPLIT_REASONS',
-           'MAX_REPLACEMENTS', 'TRIPLET_PROMPTS', 'ChecksumError', 'sha256_file', 'verify_checksums', 'Sample',
-           'load_sample', 'SourceFormatError', 'read_table', 'read_recordings', 'read_images', 'sample_sources',
-           'read_image_folders', 'BenchmarkIndex', 'read_benchmark_index', 'sniff_file_type', 'safe_file_stem',
-           'download_folder', 'DownloadSettings', 'DownloadFailed', 'DownloadResult', 'download_file', 'download_items',
-           'add_taxonomy', 'taxa_by_species', 'read_traits', 'probe_audio', 'probe_image', 'prepare_items',
-           'select_unseen_species', 'time_split_boundary', 'make_splits', 'Sources', 'read_sources', 'Manifest',
-           'load_manifest', 'summarise', 'data_card', 'build_manifest', 'species_epoch_indices', 'SpeciesEpochSampler',
-           'build_triplets', 'Stage1Dataset', 'Stage2Dataset', 'run_data_stage']
+           'PROBE_BATCH_ROWS', 'STATUS_ORDER', 'UNSEEN_RULES', 'SINGLE_IMAGE_POLICIES', 'SOURCES', 'MANIFEST_FILES',
+           'SPLIT_REASONS', 'MAX_REPLACEMENTS', 'TRIPLET_PROMPTS', 'ChecksumError', 'sha256_file', 'verify_checksums',
+           'Sample', 'load_sample', 'SourceFormatError', 'read_table', 'read_recordings', 'read_images',
+           'sample_sources', 'read_image_folders', 'BenchmarkIndex', 'read_benchmark_index', 'sniff_file_type',
+           'safe_file_stem', 'download_folder', 'DownloadSettings', 'DownloadFailed', 'DownloadResult', 'download_file',
+           'download_items', 'add_taxonomy', 'taxa_by_species', 'read_traits', 'probe_audio', 'probe_image',
+           'prepare_items', 'select_unseen_species', 'time_split_boundary', 'make_splits', 'Sources', 'read_sources',
+           'Manifest', 'load_manifest', 'summarise', 'data_card', 'build_manifest', 'species_epoch_indices',
+           'SpeciesEpochSampler', 'build_triplets', 'Stage1Dataset', 'Stage2Dataset', 'run_data_stage']
 
 # %% ../nbs/01_data.ipynb #cad992a0
 logger = logging.getLogger("biovita_nb.data")  # also when the stage notebook runs these cells as __main__
@@ -668,6 +668,7 @@ def probe_image(path: str, expected_sha256: str | None = None, known_sha256: str
 
 # %% ../nbs/01_data.ipynb #d394bbf9
 PROBE_CHUNK_ROWS = 2048
+PROBE_BATCH_ROWS = 16  # rows per thread task, so a million rows do not make a million futures
 
 
 def _file_key(path: str | None, expected_sha256: str | None) -> str | None:
@@ -708,7 +709,9 @@ def _probe_items(frame: pd.DataFrame, modality: str, work_dir: Path, workers: in
             tqdm(total=len(todo), desc=f"measure {modality}", disable=not progress, unit="file") as bar:
         for start in range(0, len(todo), chunk_rows):
             chunk = todo[start:start + chunk_rows]
-            measured = list(pool.map(lambda i: probe(paths[i], expected[i], known[i]), chunk))
+            batches = [chunk[i:i + PROBE_BATCH_ROWS] for i in range(0, len(chunk), PROBE_BATCH_ROWS)]
+            measured = [facts for batch in pool.map(lambda rows: [probe(paths[i], expected[i], known[i]) for i in rows],
+                                                    batches) for facts in batch]
             for i, facts in zip(chunk, measured):
                 results[i] = facts
             saved = pd.DataFrame([{**facts, "key": keys[i]} for i, facts in zip(chunk, measured) if keys[i] is not None])
@@ -841,16 +844,26 @@ def _test_count(n: int, fraction: float) -> int:
     return max(0, min(int(math.floor(n * fraction + 0.5)), n - 1))
 
 
-def _row(modality: str, item, split: str, species_set: str, reason: str, start=math.nan, end=math.nan,
+@dataclass(frozen=True)
+class _Item:
+    """The fields of a usable manifest row that the split rules read."""
+
+    position: int
+    item_id: str
+    species_key: str
+    duration_s: float = math.nan
+
+
+def _row(modality: str, item: _Item, split: str, species_set: str, reason: str, start=math.nan, end=math.nan,
          shared: bool = False) -> dict:
     return {"modality": modality, "item_id": item.item_id, "species_key": item.species_key, "split": split,
             "species_set": species_set, "start_s": float(start), "end_s": float(end), "reason": reason,
-            "shared": shared, "_position": item.Index}
+            "shared": shared, "_position": item.position}
 
 # %% ../nbs/01_data.ipynb #8bed1594
-def _split_recordings(group: pd.DataFrame, fraction: float, clip_seconds: float, seed: int) -> list[dict]:
+def _split_recordings(group: list[_Item], fraction: float, clip_seconds: float, seed: int) -> list[dict]:
     """Split one seen species' usable recordings by recording, or by time when too few."""
-    by_hash = sorted(group.itertuples(), key=lambda r: derive_seed(seed, "seen-test", r.item_id))
+    by_hash = sorted(group, key=lambda r: derive_seed(seed, "seen-test", r.item_id))
     n_test = _test_count(len(group), fraction)
     if n_test:
         test = {r.item_id for r in by_hash[:n_test]}
@@ -864,9 +877,9 @@ def _split_recordings(group: pd.DataFrame, fraction: float, clip_seconds: float,
                    _row("audio", longest, "test", "seen", "time_split", boundary, longest.duration_s)]
 
 
-def _split_images(group: pd.DataFrame, fraction: float, seed: int, single_image: str) -> list[dict]:
+def _split_images(group: list[_Item], fraction: float, seed: int, single_image: str) -> list[dict]:
     """Split one seen species' usable images by image; a single image follows `single_image`."""
-    by_hash = sorted(group.itertuples(), key=lambda r: derive_seed(seed, "seen-test", r.item_id))
+    by_hash = sorted(group, key=lambda r: derive_seed(seed, "seen-test", r.item_id))
     if len(by_hash) == 1:
         image = by_hash[0]
         if single_image == "share":
@@ -878,6 +891,17 @@ def _split_images(group: pd.DataFrame, fraction: float, seed: int, single_image:
     return [_row("image", r, "test" if r.item_id in test else "train", "seen", "image_split") for r in by_hash]
 
 
+def _usable_by_species(table: pd.DataFrame) -> dict[str, list[_Item]]:
+    """Group the usable rows of a manifest table by species key."""
+    usable = table[table["status"] == "ok"]
+    durations = usable["duration_s"].tolist() if "duration_s" in usable.columns else [math.nan] * len(usable)
+    groups: dict[str, list[_Item]] = {}
+    for position, item_id, key, duration in zip(usable.index.tolist(), usable["item_id"].tolist(),
+                                                usable["species_key"].tolist(), durations):
+        groups.setdefault(key, []).append(_Item(position, item_id, key, float(duration)))
+    return groups
+
+
 def make_splits(recordings: pd.DataFrame, images: pd.DataFrame, unseen: Iterable[str], *, fraction: float,
                 clip_seconds: float, seed: int, single_image: str = "share") -> pd.DataFrame:
     """Return splits.parquet's table: one row per usable item or audio stretch, in manifest order."""
@@ -886,10 +910,11 @@ def make_splits(recordings: pd.DataFrame, images: pd.DataFrame, unseen: Iterable
     unseen = set(unseen)
     rows = []
     for modality, table in (("audio", recordings), ("image", images)):
-        usable = table[table["status"] == "ok"]
-        for key, group in usable.groupby("species_key", sort=True):
+        groups = _usable_by_species(table)
+        for key in sorted(groups):
+            group = groups[key]
             if key in unseen:
-                rows += [_row(modality, r, "test", "unseen", "unseen_species") for r in group.itertuples()]
+                rows += [_row(modality, r, "test", "unseen", "unseen_species") for r in group]
             elif modality == "audio":
                 rows += _split_recordings(group, fraction, clip_seconds, seed)
             else:
