@@ -83,7 +83,7 @@ class _Decoded:
     codec: str
     header_frames: int | None  # what the header announces; None when unknown
     problem: str = ""  # why decoding stopped early, when it did
-    header_note: str = ""  # what the decoder's log says about the header, when it matters
+    header_note: str = ""  # a header problem that the decoder's log reports
 
 
 _SOUNDFILE_CODECS = {"MPEG_LAYER_III": "mp3", "MPEG_LAYER_II": "mp2", "MPEG_LAYER_I": "mp1",
