@@ -1193,7 +1193,13 @@ def _open_benchmark(config: Mapping, run: RunPaths, force: bool) -> Benchmark:
     published = config["data"].get("benchmark_dir")
     if published:
         return load_benchmark(published, files_root=config["data"].get("files_root"))
-    return build_benchmark(run.manifest, run.benchmark, config, force=force)
+    rank, _, distributed = _distributed()
+    if not distributed:
+        return build_benchmark(run.manifest, run.benchmark, config, force=force)
+    if rank == 0:  # one rank writes the files, the others read them once written
+        build_benchmark(run.manifest, run.benchmark, config, force=force)
+    torch.distributed.barrier()
+    return load_benchmark(run.benchmark)
 
 
 def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = False) -> list[dict]:
@@ -1203,6 +1209,10 @@ def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = Fals
     setup_logging("INFO", run.logs / "benchmark.log")
     started = time.perf_counter()
 
+    # Under torch.distributed every rank extracts its shard and rank 0 scores; otherwise one process does all.
+    _, _, distributed = _distributed()
+    scorer = not distributed or torch.distributed.get_rank() == 0
+    shard = {} if distributed else {"rank": 0, "world_size": 1}
     benchmark = _open_benchmark(config, run, force)
     clip_bytes = 4 * int(config["data"]["sample_rate"] * config["data"]["clip_seconds"])
     clip_cache = {} if len(benchmark.audio_index) * clip_bytes <= CLIP_CACHE_BYTES else None
@@ -1216,12 +1226,16 @@ def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = Fals
             continue
         logger.info("Model %s: extracting features", name)
         store = extract_features(model, benchmark, run.features / name, config, model_name=name,
-                                 model_fingerprint=model_fingerprint, force=force, clip_cache=clip_cache)
+                                 model_fingerprint=model_fingerprint, force=force, clip_cache=clip_cache, **shard)
         del model
+        if not scorer:
+            continue
         model_entries, model_predictions = score_model(store, benchmark, config, name)
         entries += model_entries
         predictions.append(model_predictions)
 
+    if not scorer:
+        return []
     write_json_atomic(run.results / "results.json", entries)
     write_json_atomic(run.results / "skipped_models.json", skipped)
     (run.results / "summary.md").write_text(summary_table(entries), encoding="utf-8")

@@ -225,3 +225,27 @@ def test_stage_on_the_data_stage_manifest():
     stretches = pd.read_csv(run.benchmark / "ids" / "audio_index.csv").dropna(subset=["start_s"])
     assert len(stretches) > 0  # the sample's single recordings are split in time
     assert json.loads((run.results / "skipped_models.json").read_text())[0]["model"] == "stage2"
+
+
+def _stage_worker(rank: int, world_size: int, init_file: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        config = load_config("smoke", ["benchmark.models=[random]", "benchmark.directions=[A2T, T2A]"])
+        entries = run_benchmark_stage(config, "distributed")
+        (run_paths("distributed").root / f"rank{rank}.json").write_text(json.dumps(len(entries)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_stage_under_torch_distributed(tmp_path: Path):
+    manifest = sample_manifest()
+    write_manifest(run_paths("distributed"), manifest)
+    write_manifest(run_paths("single"), manifest)
+    torch.multiprocessing.spawn(_stage_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+    root = run_paths("distributed").root
+    assert json.loads((root / "rank1.json").read_text()) == 0  # only rank 0 scores
+    distributed = json.loads((root / "results" / "results.json").read_text())
+    config = load_config("smoke", ["benchmark.models=[random]", "benchmark.directions=[A2T, T2A]"])
+    single = run_benchmark_stage(config, "single")
+    assert json.loads((root / "rank0.json").read_text()) == len(single)
+    assert distributed == json.loads(json.dumps(single))
