@@ -25,17 +25,24 @@ from biovita_nb.audio import (ClapMelFrontend, load_audio, load_clip, random_cro
 from biovita_nb.config import sample_dir
 
 
-def best_seconds(run: Callable[[], object], repeats: int, synchronize: Callable[[], None] = lambda: None) -> float:
-    """Return the fastest of `repeats` timed runs after one untimed warm-up run."""
-    run()
-    synchronize()
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def best_seconds(runs: dict[str, Callable[[], object]], repeats: int,
+                 synchronize: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Return the fastest of `repeats` timed runs of each callable, alternating between them.
+
+    Each callable runs once untimed first. Alternating the runs spreads any change in machine load over
+    all of them, so the ratios stay fair on a shared machine.
+    """
+    timings: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
         run()
         synchronize()
-        timings.append(time.perf_counter() - start)
-    return min(timings)
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            synchronize()
+            timings[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in timings.items()}
 
 
 def long_recordings(min_seconds: float = 60.0) -> tuple[list[Path], float]:
@@ -60,8 +67,8 @@ def bench_windows(repeats: int) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        window_s = best_seconds(windows, repeats)
-        whole_s = best_seconds(whole_files, repeats)
+        seconds = best_seconds({"windows": windows, "whole": whole_files}, repeats)
+        window_s, whole_s = seconds["windows"], seconds["whole"]
     finally:
         torch.set_num_threads(threads)
     print(f"(a) 10-s windows from {len(paths)} recordings over 60 s ({total_s / 60:.1f} min in all), "
@@ -86,22 +93,25 @@ def bench_frontend(clips: torch.Tensor, repeats: int, batch_size: int) -> None:
         for batch in batches:
             extractor(list(batch.numpy()), sampling_rate=48000, return_tensors="pt")
 
-    baseline_s = best_seconds(run_extractor, repeats)
+    variants = {"ClapMelFrontend CPU float32": (ClapMelFrontend(), torch.float32),
+                "  same, refine_below=0": (ClapMelFrontend(refine_below=0), torch.float32),
+                "ClapMelFrontend CPU float64": (ClapMelFrontend().double(), torch.float64)}
+    runs = {"extractor": run_extractor}
+    for name, (frontend, dtype) in variants.items():
+        inputs = [b.to(dtype) for b in batches]
+        runs[name] = lambda frontend=frontend, inputs=inputs: [frontend(b) for b in inputs]
+    with torch.inference_mode():
+        seconds = best_seconds(runs, repeats)
+    baseline_s = seconds["extractor"]
     count = len(clips)
     print(f"(b) log-mel features of {count} onset clips (10 s, 48 kHz), batches of {batch_size}, "
           f"{torch.get_num_threads()} CPU threads")
     print(f"    ClapFeatureExtractor (numpy):      {count / baseline_s:8.1f} clips/s")
-
-    variants = [("ClapMelFrontend CPU float32", ClapMelFrontend(), torch.float32),
-                ("  same, refine_below=0", ClapMelFrontend(refine_below=0), torch.float32),
-                ("ClapMelFrontend CPU float64", ClapMelFrontend().double(), torch.float64)]
-    for name, frontend, dtype in variants:
-        inputs = [b.to(dtype) for b in batches]
+    for name, (frontend, dtype) in variants.items():
         with torch.inference_mode():
-            seconds = best_seconds(lambda: [frontend(b) for b in inputs], repeats)
-            features = torch.cat([frontend(b) for b in inputs])
+            features = torch.cat([frontend(b.to(dtype)) for b in batches])
         difference = (features.double() - expected.double()).abs()
-        print(f"    {name:<34} {count / seconds:8.1f} clips/s  {baseline_s / seconds:5.1f}x  "
+        print(f"    {name:<34} {count / seconds[name]:8.1f} clips/s  {baseline_s / seconds[name]:5.1f}x  "
               f"max |diff| {float(difference.max()):.2e} dB  "
               f"share > 1e-3 dB {float((difference > 1e-3).double().mean()):.1e}")
     print("    target: float32 on the CPU >= 3x the extractor")
@@ -111,15 +121,19 @@ def bench_frontend(clips: torch.Tensor, repeats: int, batch_size: int) -> None:
         return
     device = torch.device("cuda")
     print(f"(c) GPU: {torch.cuda.get_device_name(device)}")
-    for name, frontend, dtype in [("ClapMelFrontend GPU float32", ClapMelFrontend().to(device), torch.float32),
-                                  ("ClapMelFrontend GPU float64", ClapMelFrontend().double().to(device),
-                                   torch.float64)]:
+    variants = {"ClapMelFrontend GPU float32": (ClapMelFrontend().to(device), torch.float32),
+                "ClapMelFrontend GPU float64": (ClapMelFrontend().double().to(device), torch.float64)}
+    runs = {}
+    for name, (frontend, dtype) in variants.items():
         inputs = [b.to(device=device, dtype=dtype) for b in batches]
+        runs[name] = lambda frontend=frontend, inputs=inputs: [frontend(b) for b in inputs]
+    with torch.inference_mode():
+        seconds = best_seconds(runs, repeats, torch.cuda.synchronize)
+    for name, (frontend, dtype) in variants.items():
         with torch.inference_mode():
-            seconds = best_seconds(lambda: [frontend(b) for b in inputs], repeats, torch.cuda.synchronize)
-            features = torch.cat([frontend(b) for b in inputs]).cpu()
+            features = torch.cat([frontend(b.to(device=device, dtype=dtype)) for b in batches]).cpu()
         difference = (features.double() - expected.double()).abs()
-        print(f"    {name:<34} {count / seconds:8.1f} clips/s  {baseline_s / seconds:5.1f}x  "
+        print(f"    {name:<34} {count / seconds[name]:8.1f} clips/s  {baseline_s / seconds[name]:5.1f}x  "
               f"max |diff| {float(difference.max()):.2e} dB")
 
 
@@ -127,7 +141,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the fastest counts)")
     parser.add_argument("--batch-size", type=int, default=9, help="clips per frontend call")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for the frontend (the numpy extractor uses one)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     bench_windows(args.repeats)
     bench_frontend(onset_clips(), args.repeats, args.batch_size)

@@ -585,27 +585,31 @@ class ClapMelFrontend(nn.Module):
 
     def _log_mel(self, batch: torch.Tensor) -> torch.Tensor:
         """Compute (batch, frames, n_mels) log-mel features in dB from (batch, max_samples) waveforms."""
-        half = self.n_fft // 2
-        # Centred frames: pad half a window on each side by reflection, once for both passes below.
-        padded = nn.functional.pad(batch.unsqueeze(1), (half, half), mode="reflect").squeeze(1)
+        frames = self._frames(batch)
         window = torch.hann_window(self.n_fft, periodic=True, dtype=batch.dtype, device=batch.device)
-        spectrum = torch.stft(padded, self.n_fft, self.hop_length, window=window, center=False, return_complex=True)
-        power = (spectrum.real.square() + spectrum.imag.square()).transpose(1, 2)
+        spectrum = torch.fft.rfft(frames * window)
+        power = spectrum.real.square() + spectrum.imag.square()
         mel = power[..., : self.used_bins] @ self.mel_filters[: self.used_bins].to(batch.dtype)
         if batch.dtype != torch.float64 and self.refine_below > 0:
-            mel = self._refine(padded, power.sum(dim=-1), mel)
+            mel = self._refine(frames, power.sum(dim=-1), mel)
         return 10.0 * torch.log10(mel.clamp(min=1e-10))
 
-    def _refine(self, padded: torch.Tensor, energy: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+    def _frames(self, batch: torch.Tensor) -> torch.Tensor:
+        """Return centred frames (batch, frames, n_fft) as a view of the reflect-padded waveforms."""
+        half = self.n_fft // 2
+        padded = torch.cat([batch[:, 1:half + 1].flip(-1), batch, batch[:, -half - 1:-1].flip(-1)], dim=1)
+        return padded.unfold(-1, self.n_fft, self.hop_length)
+
+    def _refine(self, frames: torch.Tensor, energy: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         """Recompute in float64 the frames whose quietest mel band is below `refine_below` of their energy."""
         suspect = mel.amin(dim=-1) < self.refine_below * energy
         if not bool(suspect.any()):
             return mel
-        rows, frames = suspect.nonzero(as_tuple=True)
-        window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float64, device=padded.device)
-        segments = padded.unfold(-1, self.n_fft, self.hop_length)[rows, frames].to(torch.float64) * window
-        spectrum = torch.fft.rfft(segments)[..., : self.used_bins]
+        rows, columns = suspect.nonzero(as_tuple=True)
+        window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float64, device=frames.device)
+        spectrum = torch.fft.rfft(frames[rows, columns].to(torch.float64) * window)
         power = spectrum.real.square() + spectrum.imag.square()
         mel = mel.clone()
-        mel[rows, frames] = (power @ self.mel_filters[: self.used_bins].to(torch.float64)).to(mel.dtype)
+        exact = power[:, : self.used_bins] @ self.mel_filters[: self.used_bins].to(torch.float64)
+        mel[rows, columns] = exact.to(mel.dtype)
         return mel
