@@ -389,3 +389,17 @@ def test_long_m4a_window_seeks(tmp_path, monkeypatch):
     assert window.shape == (1, 80000)
     assert window_packets < 0.05 * full_packets
     assert torch.allclose(window, full[:, 400 * rate:410 * rate], atol=1e-4)
+
+
+def test_overstated_mp3_header_gives_full_windows():
+    """gray-wolf.mp3 decodes 25.00 s but its header claims 26.63 s; late windows move back, never pad."""
+    path = SAMPLE / "audio/gray-wolf.mp3"
+    decoded_s = audio_info(path, exact=True).duration_s
+    assert audio_info(path).duration_s - decoded_s > 1.5
+    starts = []
+    for seed in range(40):
+        clip = load_clip(path, generator=torch.Generator().manual_seed(seed))
+        starts.append(clip.start_s)
+        assert clip.valid_samples == 480000, seed
+        assert clip.start_s <= decoded_s - 10.0 + 1 / 44100, seed
+    assert max(starts) > decoded_s - 10.5
