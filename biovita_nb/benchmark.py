@@ -7,6 +7,7 @@ Docs: https://biovita-nb.github.io/biovita-nb/benchmark.html.md"""
 # %% ../nbs/04_benchmark.ipynb #fa382ffe
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -932,7 +933,7 @@ def _fields_needed(config: Mapping) -> list[str]:
     fields = []
     if "species" in settings["levels"]:
         names = [settings["text_name"]] + ([n for n in TEXT_FIELD_OF_NAME if n != settings["text_name"]]
-                                           if settings.get("compare_text_names", False) else [])
+                                           if settings.get("compare_text_names", True) else [])
         for name in names:
             if name not in TEXT_FIELD_OF_NAME:
                 raise ConfigError(f"Invalid benchmark.text_name {name!r}: choose one of {', '.join(TEXT_FIELD_OF_NAME)}.")
@@ -967,40 +968,63 @@ def _embed(model: Any, method: str, batch: Any, device: torch.device, precision:
         return getattr(model, method)(batch).float().cpu().numpy()
 
 
+def _decode_batch(positions: np.ndarray, decode: Callable[[int], Any], errors: tuple[type, ...], workers: int,
+                  table: pd.DataFrame, modality: str) -> tuple[list[tuple[int, Any]], dict[int, str]]:
+    """Decode the items at `positions` (in `workers` threads); return (position, item) pairs and failures."""
+    def attempt(position: int) -> Any:
+        try:
+            return decode(position)
+        except errors as error:
+            return error
+
+    if workers > 1 and len(positions) > 1:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            outcomes = list(pool.map(attempt, positions.tolist()))
+    else:
+        outcomes = [attempt(p) for p in positions.tolist()]
+    decoded, failures = [], {}
+    for position, outcome in zip(positions.tolist(), outcomes):
+        if isinstance(outcome, Exception):
+            failures[position] = f"{type(outcome).__name__}: {outcome}"
+            logger.warning("%s item %s (%s) left out: %s", modality, table["id"].iat[position],
+                           table["file_path"].iat[position], outcome)
+        else:
+            decoded.append((position, outcome))
+    return decoded, failures
+
+
 def _audio_encoder(model, table: pd.DataFrame, config: Mapping, device, precision, clip_cache: dict | None = None) -> Callable:
     """Return an encoder of audio index positions: onset crop inside each item's stretch."""
     from biovita_nb.audio import load_clip
-    errors, seconds = _decode_errors("audio"), float(config["data"]["clip_seconds"])
-    sample_rate = int(config["data"]["sample_rate"])
+    seconds, sample_rate = float(config["data"]["clip_seconds"]), int(config["data"]["sample_rate"])
+    workers = int(config["benchmark"].get("num_workers", 0))
     starts = table["start_s"].to_numpy(float) if "start_s" in table else np.full(len(table), np.nan)
     ends = table["end_s"].to_numpy(float) if "end_s" in table else np.full(len(table), np.nan)
 
+    def decode(position: int) -> torch.Tensor:
+        start_s = 0.0 if np.isnan(starts[position]) else float(starts[position])
+        end_s = None if np.isnan(ends[position]) else float(ends[position])
+        key = (table["file_path"].iat[position], start_s, end_s, seconds, sample_rate)
+        if clip_cache is not None and key in clip_cache:
+            return clip_cache[key]
+        wave = torch.as_tensor(load_clip(key[0], seconds=seconds, mode="onset", sample_rate=sample_rate,
+                                         start_s=start_s, end_s=end_s).wave)
+        if clip_cache is not None:
+            clip_cache[key] = wave
+        return wave
+
     def encode(positions: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
-        waves, failures = [], {}
-        for p in positions.tolist():
-            start_s = 0.0 if np.isnan(starts[p]) else float(starts[p])
-            end_s = None if np.isnan(ends[p]) else float(ends[p])
-            key = (table["file_path"].iat[p], start_s, end_s, seconds, sample_rate)
-            try:
-                if clip_cache is None or key not in clip_cache:
-                    clip = load_clip(key[0], seconds=seconds, mode="onset", sample_rate=sample_rate,
-                                     start_s=start_s, end_s=end_s)
-                    wave = torch.as_tensor(clip.wave)
-                    if clip_cache is not None:
-                        clip_cache[key] = wave
-                waves.append(clip_cache[key] if clip_cache is not None else wave)
-            except errors as error:
-                failures[p] = f"{type(error).__name__}: {error}"
-                logger.warning("Audio item %s (%s) left out: %s", table["id"].iat[p], table["file_path"].iat[p], error)
-        embeddings = _embed(model, "encode_audio", torch.stack(waves), device, precision) if waves else np.zeros((0, 0), np.float32)
-        return embeddings, failures
+        decoded, failures = _decode_batch(positions, decode, _decode_errors("audio"), workers, table, "Audio")
+        if not decoded:
+            return np.zeros((0, 0), np.float32), failures
+        return _embed(model, "encode_audio", torch.stack([w for _, w in decoded]), device, precision), failures
     return encode
 
 # %% ../nbs/04_benchmark.ipynb #4966ae87
 def _image_encoder(model, table: pd.DataFrame, config: Mapping, device, precision) -> Callable:
     """Return an encoder of image index positions with the eval transform (or the published train transform)."""
     from biovita_nb.images import load_image
-    errors, mode = _decode_errors("image"), config["benchmark"].get("image_transform", "eval")
+    mode, workers = config["benchmark"].get("image_transform", "eval"), int(config["benchmark"].get("num_workers", 0))
     if mode not in ("eval", "train"):
         raise ConfigError(f"Invalid benchmark.image_transform {mode!r}: choose 'eval' or 'train'.")
     transform = model.preprocess_image if mode == "eval" else getattr(model, "train_image_transform", None)
@@ -1008,23 +1032,22 @@ def _image_encoder(model, table: pd.DataFrame, config: Mapping, device, precisio
         raise ConfigError(f"benchmark.image_transform is 'train' but model {type(model).__name__} has no "
                           "train_image_transform; use 'eval'.")
 
+    def transformed(position: int, image) -> torch.Tensor:
+        if mode == "eval":
+            return transform(image)
+        # The random crop of the published extractor, made repeatable by a seed per item. It draws from
+        # torch's global generator, so it runs here in the calling thread, never in the decoding threads.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(config["seed"], "eval-image", int(table["id"].iat[position])))
+            return transform(image)
+
     def encode(positions: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
-        pixels, failures = [], {}
-        for p in positions.tolist():
-            try:
-                image = load_image(table["file_path"].iat[p])
-            except errors as error:
-                failures[p] = f"{type(error).__name__}: {error}"
-                logger.warning("Image item %s (%s) left out: %s", table["id"].iat[p], table["file_path"].iat[p], error)
-                continue
-            if mode == "train":  # the random crop of the published extractor, repeatable per item
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(derive_seed(config["seed"], "eval-image", int(table["id"].iat[p])))
-                    pixels.append(transform(image))
-            else:
-                pixels.append(transform(image))
-        embeddings = _embed(model, "encode_image", torch.stack(pixels), device, precision) if pixels else np.zeros((0, 0), np.float32)
-        return embeddings, failures
+        decoded, failures = _decode_batch(positions, lambda p: load_image(table["file_path"].iat[p]),
+                                          _decode_errors("image"), workers, table, "Image")
+        if not decoded:
+            return np.zeros((0, 0), np.float32), failures
+        pixels = torch.stack([transformed(p, image) for p, image in decoded])
+        return _embed(model, "encode_image", pixels, device, precision), failures
     return encode
 
 
@@ -1096,7 +1119,7 @@ def score_model(store: FeatureStore, benchmark: Benchmark, config: Mapping, mode
     settings = config["benchmark"]
     ks = tuple(int(k) for k in settings["ks"])
     text_names = [settings["text_name"]] + ([n for n in TEXT_FIELD_OF_NAME if n != settings["text_name"]]
-                                            if settings.get("compare_text_names", False) else [])
+                                            if settings.get("compare_text_names", True) else [])
     entries, predictions, sets = [], [], {}
 
     def feature_set(name: str) -> FeatureSet | Exception:
