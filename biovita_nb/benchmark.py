@@ -28,9 +28,9 @@ from .config import (ConfigError, RunPaths, derive_seed, resolve_device, resolve
 
 # %% auto #0
 __all__ = ['logger', 'LEVELS', 'MODALITIES', 'DIRECTIONS', 'SPLITS', 'TEXT_FIELD_OF_NAME', 'TASK_COLUMNS', 'TIE_BREAKS',
-           'MANIFEST_COLUMNS', 'BASELINES', 'TRAINED', 'CLIP_CACHE_BYTES', 'task_filename', 'Task', 'read_task_csv',
-           'write_task_csv', 'MissingFeatureError', 'score_task', 'score_task_file', 'Benchmark', 'load_benchmark',
-           'build_benchmark', 'example_manifest', 'FeatureSet', 'ModalityUnavailable', 'FeatureStore',
+           'MANIFEST_COLUMNS', 'TEXT_COLUMNS', 'BASELINES', 'TRAINED', 'CLIP_CACHE_BYTES', 'task_filename', 'Task',
+           'read_task_csv', 'write_task_csv', 'MissingFeatureError', 'score_task', 'score_task_file', 'Benchmark',
+           'load_benchmark', 'build_benchmark', 'example_manifest', 'FeatureSet', 'ModalityUnavailable', 'FeatureStore',
            'write_feature_set', 'text_strings', 'extract_features', 'score_model', 'ModelUnavailable',
            'load_benchmark_model', 'summary_table', 'run_benchmark_stage']
 
@@ -404,12 +404,24 @@ class Benchmark:
         if key not in self.task_files:
             raise KeyError(f"{self.root}: no task file for split {split!r}, level {level!r}, direction {direction!r}.")
         if key not in self._tasks:
-            self._tasks[key] = read_task_csv(self.task_files[key], split=split)
+            task = read_task_csv(self.task_files[key], split=split)
+            if not any(task.taxon_classes) and {level, "class"} <= set(self.text_index.columns):
+                class_of = _unambiguous_classes(self.text_index, level)
+                task.taxon_classes = np.array([class_of.get(t, "") for t in task.correct_taxa], dtype=object)
+            self._tasks[key] = task
         return self._tasks[key]
 
     def index(self, modality: str) -> pd.DataFrame:
         """Return the index table of a modality."""
         return {"audio": self.audio_index, "image": self.image_index, "text": self.text_index}[modality]
+
+
+def _unambiguous_classes(text_index: pd.DataFrame, level: str) -> dict[str, str]:
+    """Map each taxon of a level to its class, for taxa whose rows in the text index name one class."""
+    rows = text_index[[level, "class"]].astype(str)
+    rows = rows[(rows[level] != "") & (rows["class"] != "")]
+    classes = rows.groupby(level)["class"].unique()
+    return {taxon: str(values[0]) for taxon, values in classes.items() if len(values) == 1}
 
 
 def _split_order(split: str) -> tuple:
@@ -941,13 +953,18 @@ def _fields_needed(config: Mapping) -> list[str]:
     return fields + [level for level in ("genus", "family") if level in settings["levels"]]
 
 
+# Columns that hold a field's text, in order of preference: ours, then the published index's.
+TEXT_COLUMNS = {"common_name": ("text_common_name", "common_name", "com_canon", "text")}
+
+
 def text_strings(text_index: pd.DataFrame, text_field: str) -> list[str]:
     """Return the string to embed for each row of a text index: column `text_<field>`, else the published column."""
-    for column in (f"text_{text_field}", text_field):
+    for column in TEXT_COLUMNS.get(text_field, (f"text_{text_field}", text_field)):
         if column in text_index.columns:
             return [_text(v) for v in text_index[column]]
-    raise ValueError(f"The text index has neither column text_{text_field} nor {text_field}; "
-                     f"it has {list(text_index.columns)}.")
+    expected = " or ".join(TEXT_COLUMNS.get(text_field, (f"text_{text_field}", text_field)))
+    raise ValueError(f"The text index has no column {expected} for the {text_field!r} text; it has "
+                     f"{list(text_index.columns)}. Add the column or score with benchmark.text_name: scientific.")
 
 # %% ../nbs/04_benchmark.ipynb #ad5936f0
 def _decode_errors(modality: str) -> tuple[type, ...]:

@@ -74,8 +74,19 @@ def test_published_text_index_fields(tmp_path: Path):
     assert text_strings(text, "genus") == [s[1] for s in SPECIES]
     assert text_strings(text, "common_name") == [s[4] for s in SPECIES]
     assert text_strings(text, "species") == [s[0] for s in SPECIES]
-    with pytest.raises(ValueError, match="neither column text_order nor order"):
+    with pytest.raises(ValueError, match="no column text_order or order"):
         text_strings(text, "order")
+    renamed = text.drop(columns=["common_name"]).assign(com_canon=[s[4].lower() for s in SPECIES])
+    assert text_strings(renamed, "common_name") == [s[4].lower() for s in SPECIES]
+
+
+def test_classes_from_text_index_when_file_has_none(tmp_path: Path):
+    root = tmp_path / "published"
+    write_published_benchmark(root)
+    path = root / "species" / "test_audio_to_text.csv"
+    pd.read_csv(path).drop(columns=["taxon_class"]).to_csv(path, index=False)
+    task = load_benchmark(root).task("published", "species", "A2T")
+    assert task.taxon_classes.tolist() == [taxon_class for s in SPECIES for taxon_class in (s[3], s[3])]
 
 
 def test_published_layout_scores(tmp_path: Path):
