@@ -4,18 +4,19 @@
    to 40 target items each, 768-d float32 unit vectors. It runs once per pool size (`--taxa`).
    With a pool of 100 taxa every query ranks the same 100 taxa. With a larger pool each query's
    100 are drawn from it, so the scorer also computes similarities to items that a given query
-   does not need. The vectorised scorer (`biovita_nb.benchmark.score_task`) scores all of it; a plain
-   per-query loop (one query, one candidate at a time, as a reference implementation would) scores
-   a subset, whose per-query time is multiplied out to the full benchmark. The loop's ranks are
-   checked against the vectorised ones on that subset.
+   does not need. The vectorised scorer (`biovita_nb.benchmark.score_task`) scores all of it. A plain
+   per-query loop (one query and one candidate at a time, as a reference implementation would)
+   scores a subset, and its per-query time is multiplied out to the full benchmark. The loop's
+   ranks are checked against the vectorised ones on that subset.
 2. Peak memory of the vectorised scorer (tracemalloc, which sees NumPy's allocations) on one
    scenario, and on one task against a large memory-mapped float16 gallery, where chunking keeps
    it near `block_mb` whatever the gallery size.
 3. Loading features: one memory-mapped array plus its id index (the feature store) against one
    `.pt` file per item (the published `FeatureBank` layout), for the same items.
 
-Timings share the machine with whatever else runs on it; the ratios compare runs made minutes apart
-in the same process.
+Timings share the machine with whatever else runs on it. The ratios compare runs made one after the
+other in the same process, and the output gives the load average and the CPU time of each side, so
+a reader can tell when the matrix products had fewer cores than the machine has.
 
 Run: .venv/bin/python benchmarks/scoring.py [--taxa 100 300] [--loop-queries 400] [--gallery-items 200000]
 """
