@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import tempfile
 from datetime import datetime, timezone
@@ -26,7 +26,7 @@ from .config import (PRESETS, ConfigError, RunPaths, init_run, load_config, proj
 # %% auto #0
 __all__ = ['logger', 'STAGES', 'PREREQUISITES', 'Stage', 'StageUnavailableError', 'notebooks_dir', 'stage_notebook', 'run_stage',
            'reproduce', 'StageNotReadyError', 'stage_marker', 'stage_complete', 'complete_stage', 'run_stage_function',
-           'prepare_stage', 'build_parser', 'main']
+           'stage_summary', 'prepare_stage', 'build_parser', 'main']
 
 # %% ../nbs/06_cli.ipynb #5ef87f4b
 logger = logging.getLogger(__name__)
@@ -160,7 +160,18 @@ def run_stage_function(stage: str, config: dict, run: RunPaths, force: bool = Fa
         from biovita_nb.report import run_report_stage as function
     else:
         raise ValueError(f"Unknown stage {stage!r}: choose one of {', '.join(PREREQUISITES)}.")
-    return function(config, run, force=force, **extra)
+    return stage_summary(function(config, run, force=force, **extra))
+
+
+def stage_summary(result) -> dict:
+    """Reduce what a stage function returns to a small JSON record for its completion file."""
+    if isinstance(getattr(result, "summary", None), Mapping):
+        return {key: value for key, value in result.summary.items() if key in ("recordings", "images", "splits")}
+    if isinstance(result, Mapping):
+        return {str(key): str(value) if isinstance(value, Path) else value for key, value in result.items()}
+    if isinstance(result, (list, tuple)):
+        return {"entries": len(result)}
+    return {}
 
 
 def prepare_stage(stage: str, preset: str = "demo", run_name: str = "", device: str = "auto",
