@@ -98,7 +98,7 @@ def run_stage(stage: Stage | str, preset: str = "demo", run_name: str = "", devi
     parameters.update(extra_parameters or {})
     logger.info("Stage %s started: %s -> %s", stage.name, path, output)
     started = time.perf_counter()
-    papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name="python3",
+    papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name="python3", language="python",
                                cwd=str(path.parent), progress_bar=False, log_output=False)
     logger.info("Stage %s finished in %.1f s", stage.name, time.perf_counter() - started)
     return output
@@ -181,6 +181,8 @@ def prepare_stage(stage: str, preset: str = "demo", run_name: str = "", device: 
     if testing:
         preset = "smoke"
     root = Path(tempfile.mkdtemp(prefix=f"biovita-nbdev-{stage}-")) if testing else None
+    if testing:
+        os.environ["BIOVITA_FIGURES"] = str(root / "figures")  # keep the checkout's figures/ untouched
     config = load_config(preset, list(overrides))
     if device != "auto":
         config["device"] = device

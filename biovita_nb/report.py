@@ -17,14 +17,14 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import paper_dir
+from .config import paper_dir, write_json_atomic
 
 # %% auto #0
-__all__ = ['logger', 'DIRECTIONS', 'MODEL_LABELS', 'ABLATION_ROWS', 'CURVE_GROUPS', 'load_results', 'load_paper_table',
-           'synthetic_results', 'retrieval_table', 'chance_row', 'with_paper', 'write_table', 'ablation_table',
-           'text_name_table', 'dataset_table', 'save_figure', 'radar_figure', 'error_consistency',
+__all__ = ['logger', 'DIRECTIONS', 'MODEL_LABELS', 'ABLATION_ROWS', 'CURVE_GROUPS', 'FIGURE_MODELS', 'load_results',
+           'load_paper_table', 'synthetic_results', 'retrieval_table', 'chance_row', 'with_paper', 'write_table',
+           'ablation_table', 'text_name_table', 'dataset_table', 'save_figure', 'radar_figure', 'error_consistency',
            'error_consistency_figure', 'dataset_figure', 'read_metrics', 'training_curves', 'embedding_map',
-           'trait_probe']
+           'trait_probe', 'run_report_stage']
 
 # %% ../nbs/05_paper.ipynb #5c782d11
 logger = logging.getLogger(__name__)
@@ -422,3 +422,142 @@ def trait_probe(embeddings: np.ndarray, traits: pd.DataFrame, train_mask: np.nda
         score = f1_score(labels[test], probe.predict(embeddings[test]), average="macro") * 100
         rows.append(dict(trait=trait, f1=float(score), n_train=int(fit.sum()), n_test=int(test.sum()), note=""))
     return pd.DataFrame(rows, columns=["trait", "f1", "n_train", "n_test", "note"])
+
+# %% ../nbs/05_paper.ipynb #d561d1f4
+FIGURE_MODELS = ("stage2", "stage1", "bioclip2", "clap", "random")
+
+
+def _feature_classes(run, model: str) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict[str, np.ndarray]]:
+    """Return per-modality embeddings of a model's feature store with each item's class and species."""
+    from biovita_nb.benchmark import FeatureStore, ModalityUnavailable
+
+    store = FeatureStore(run.features / model)
+    indexes = {modality: pd.read_csv(run.benchmark / "ids" / f"{modality}_index.csv") for modality in ("audio", "image", "text")}
+    embeddings, classes, species = {}, {}, {}
+    for modality, feature_name in (("audio", "audio"), ("image", "image"), ("text", "text-common_name")):
+        try:
+            features = store.load(feature_name)
+        except (ModalityUnavailable, FileNotFoundError):
+            continue
+        ids, matrix = features.scoring_arrays()
+        index = indexes[modality].set_index("id")
+        embeddings[modality] = np.asarray(matrix[np.arange(len(ids))], dtype=np.float32)
+        classes[modality] = [str(c) for c in index.loc[ids, "class"]]
+        species[modality] = index.loc[ids, "species"].astype(str).to_numpy()
+    return embeddings, classes, species
+
+
+def _trait_table(run, manifest, models: Sequence[str]) -> pd.DataFrame | None:
+    """Probe each model's embeddings for the manifest's species traits: fit on seen, score on unseen species."""
+    if manifest.traits is None:
+        return None
+    traits = manifest.traits.set_index("species_key")
+    seen = set(manifest.splits.loc[manifest.splits["species_set"] == "seen", "species_key"])
+    tables = []
+    for model in models:
+        embeddings, _, species = _feature_classes(run, model)
+        for modality, matrix in embeddings.items():
+            known = np.isin(species[modality], traits.index)
+            if not known.any():
+                continue
+            labels = traits.loc[species[modality][known]].reset_index(drop=True)
+            table = trait_probe(matrix[known], labels, np.isin(species[modality][known], list(seen)))
+            tables.append(table.assign(model=MODEL_LABELS.get(model, model), encoder=modality))
+    return pd.concat(tables, ignore_index=True)[["model", "encoder", "trait", "f1", "n_train", "n_test", "note"]] if tables else None
+
+
+def _report_fingerprint(run) -> dict:
+    """Return the sizes and modification times of the report's inputs, to tell whether a report is current."""
+    inputs = [run.results / "results.json", run.results / "predictions.parquet", run.logs / "stage1.jsonl",
+              run.logs / "stage2.jsonl", run.manifest / "summary.json"]
+    return {str(p.name): [p.stat().st_size, p.stat().st_mtime_ns] for p in inputs if p.is_file()}
+
+# %% ../nbs/05_paper.ipynb #bdedd29b
+def run_report_stage(config: Mapping, run, force: bool = False) -> dict:
+    """Write the paper's tables and figures for one run to `figures/<preset>/` and return what was written."""
+    from biovita_nb.data import load_manifest
+
+    out = run.figures(config["name"])
+    record_path = out / "report.json"
+    fingerprint = _report_fingerprint(run)
+    if not force and record_path.is_file() and json.loads(record_path.read_text()).get("inputs") == fingerprint:
+        logger.info("Report of run %s is up to date in %s; pass force=True to redo it.", run.name, out)
+        return json.loads(record_path.read_text())
+
+    results = load_results(run.results / "results.json")
+    manifest = load_manifest(run)
+    written: list[Path] = []
+    left_out: dict[str, str] = {}
+    splits = [s for s in ("seen", "unseen") if s in set(results["split"])]
+    n_traits = 0 if manifest.traits is None else len([c for c in manifest.traits.columns if c != "species_key"])
+
+    written += write_table(dataset_table(manifest.recordings, manifest.images, f"This run ({config['name']})", n_traits),
+                           out, "datasets", "Animal-sound datasets, with the dataset this run built")
+    for split in splits:
+        for level in ("species", "genus", "family"):
+            table = retrieval_table(results, split, level)
+            if table.empty:
+                left_out[f"{level}_{split}"] = "no results at this level"
+                continue
+            table = pd.concat([table, pd.DataFrame([chance_row(results, split, level)])], ignore_index=True)
+            paper_name = f"species_{split}"
+            if level == "species" and (paper_dir() / f"{paper_name}.csv").is_file():
+                table = with_paper(table, load_paper_table(paper_name))
+            written += write_table(table, out, f"{level}_{split}", f"{level.capitalize()}-level retrieval, {split} species, Top-1 and Top-5 (%)")
+
+    ablation = ablation_table(results)
+    written += write_table(ablation, out, "ablation_seen", "Ablation, seen species, species level, Top-1 (%)")
+    names = text_name_table(results)
+    if (names["text"] == "scientific").any():
+        written += write_table(names, out, "text_names_seen", "Common against scientific names as text, seen species, Top-1 (%)")
+    else:
+        left_out["text_names_seen"] = "the benchmark scored one text name only (benchmark.compare_text_names)"
+    models = [m for m in FIGURE_MODELS if m in set(results["model"])]
+    traits = _trait_table(run, manifest, models)
+    if traits is not None:
+        written += write_table(traits, out, "traits", "Trait prediction with a linear probe per encoder, macro F1 (%)")
+    else:
+        left_out["traits"] = "the dataset has no trait table (data.traits_table)"
+
+    figure_model = models[0] if models else None
+    if figure_model:
+        for split in splits:
+            written += save_figure(radar_figure(results, figure_model, split), out, f"radar_{split}")
+    predictions_path = run.results / "predictions.parquet"
+    if predictions_path.is_file():
+        predictions = pd.read_parquet(predictions_path)
+        predictions = predictions[(predictions["level"] == "species") & (predictions["text"] == "common")]
+        taxonomy = pd.read_csv(run.benchmark / "ids" / "text_index.csv").rename(
+            columns={"species": "species_key", "genus": "genus_key", "family": "family_key"})
+        for split in splits:
+            consistency = error_consistency(predictions[predictions["split"] == split], taxonomy)
+            if consistency.empty:
+                left_out[f"error_consistency_{split}"] = "no wrong Top-1 answers"
+                continue
+            written += write_table(consistency, out, f"error_consistency_{split}", f"Wrong species answers in the right genus and family, {split} species (%)")
+            written += save_figure(error_consistency_figure(consistency), out, f"error_consistency_{split}")
+    else:
+        left_out["error_consistency"] = "no predictions.parquet from the benchmark stage"
+    written += save_figure(dataset_figure(manifest.recordings), out, "dataset")
+
+    logs = {stage: read_metrics(run.logs / f"{stage}.jsonl") for stage in ("stage1", "stage2") if (run.logs / f"{stage}.jsonl").is_file()}
+    if logs:
+        written += save_figure(training_curves(logs), out, "training_curves")
+    else:
+        left_out["training_curves"] = "no training logs in this run"
+    if figure_model:
+        embeddings, classes, _ = _feature_classes(run, figure_model)
+        if sum(len(m) for m in embeddings.values()) >= 3:
+            title = f"{MODEL_LABELS.get(figure_model, figure_model)}: t-SNE of test embeddings"
+            written += save_figure(embedding_map(embeddings, classes, seed=int(config["seed"]),
+                                                 max_points=int(config["report"]["tsne_max_points"]), title=title), out, "tsne")
+        else:
+            left_out["tsne"] = f"fewer than 3 embeddings for {figure_model}"
+
+    for name, reason in left_out.items():
+        logger.info("Report: %s left out: %s", name, reason)
+    record = {"run": run.name, "preset": config["name"], "inputs": fingerprint, "figure_model": figure_model,
+              "written": sorted(str(p.relative_to(out)) for p in written), "left_out": left_out}
+    write_json_atomic(record_path, record)
+    logger.info("Report of run %s: %d files in %s", run.name, len(written), out)
+    return record
