@@ -20,7 +20,7 @@ __all__ = ['logger', 'LOSS_TERMS', 'distributed_world', 'gather_embeddings', 'sy
            'linear_ramp', 'AlignmentGate', 'NonFiniteLossError', 'all_finite', 'NonFiniteTracker']
 
 # %% ../nbs/02a_losses.ipynb #6e761958
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("biovita_nb.losses")  # also when a notebook runs these cells as __main__
 
 # %% ../nbs/02a_losses.ipynb #dd162925
 def distributed_world() -> tuple[int, int]:

@@ -7,6 +7,7 @@ Docs: https://biovita-nb.github.io/biovita-nb/train.html.md"""
 # %% ../nbs/03_train.ipynb #83ba8eee
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -14,6 +15,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +28,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .config import (ConfigError, RunPaths, derive_seed, get_setting, load_config, resolve_device,
-                               resolve_precision, run_paths, seed_everything, setup_logging)
+from .config import (ConfigError, RunPaths, derive_seed, load_config, resolve_device, resolve_precision,
+                               run_paths, seed_everything, setup_logging)
 from .data import Manifest, Stage1Dataset, Stage2Dataset, load_manifest
 from .images import ImageDecodeError, load_image
 from .losses import (AlignmentGate, NonFiniteTracker, all_finite, contrastive_terms, distributed_world,
@@ -41,10 +43,10 @@ __all__ = ['logger', 'NO_DECAY_MARKERS', 'ABLATIONS', 'TRAINING_RUNS', 'TrainCon
            'PaperSchedule', 'stage_config', 'stage_schedules', 'capture_rng', 'restore_rng', 'CheckpointStore',
            'MetricsLog', 'Position', 'train_step', 'measure_atc', 'EvalSet', 'retrieval_check', 'StageRunner',
            'training_runs', 'save_final', 'ShardSampler', 'TrainingData', 'build_eval_set', 'train_run',
-           'run_train_stage', 'training_summary']
+           'run_train_stage', 'training_summary', 'main']
 
 # %% ../nbs/03_train.ipynb #72874faa
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("biovita_nb.train")  # also when the stage notebook runs these cells as __main__
 
 # %% ../nbs/03_train.ipynb #a24bb4a9
 @dataclass(frozen=True)
@@ -660,6 +662,9 @@ class StageRunner:
             raise FileNotFoundError(f"Checkpoint {path} not found: pass resume='latest', 'none' or an existing file.")
 
         state = CheckpointStore.load(path)
+        if self.context.is_main:  # checkpoints after an explicitly chosen one belong to an abandoned continuation
+            for newer in [p for p in self.store.paths() if p.name > path.name and p.parent == path.parent]:
+                newer.unlink()
         if state["world_size"] != self.context.world_size:
             raise ConfigError(f"Checkpoint {path} was written by {state['world_size']} processes and this run has "
                               f"{self.context.world_size}: resume with the same number or pass resume='none'.")
@@ -939,6 +944,9 @@ def run_train_stage(config: Mapping, run: str | RunPaths, force: bool = False,
     context = setup_distributed(config["device"], config["precision"])
     if context.is_main:
         setup_logging("INFO", paths.logs / "train.log")
+    backend = dist.get_backend() if context.distributed else "no process group"
+    logger.info("Training stage of run %s: %d process(es) (%s), %s, %s", paths.name, context.world_size, backend,
+                context.device, str(context.dtype).removeprefix("torch."))
     manifest = load_manifest(paths)
 
     finals: dict[str, Path] = {}
@@ -976,3 +984,31 @@ def training_summary(run: str | RunPaths, names: Iterable[str] | None = None) ->
                          "last_eval": {k: v for k, v in (evals[-1] if evals else {}).items()
                                        if k.endswith(("_top1", "_top5", "_candidates"))}}
     return summary
+
+# %% ../nbs/03_train.ipynb #4d272e69
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train the runs of a preset from the command line (also under `torchrun`)."""
+    parser = argparse.ArgumentParser(prog="python -m biovita_nb.train",
+                                     description="Train stage 1, stage 2 and the preset's ablation runs of a run "
+                                                 "whose data stage has finished.")
+    parser.add_argument("--preset", default="demo", help="preset name (smoke, demo, paper) or YAML file")
+    # Not `--run`: torchrun would take it for an abbreviation of its own `--run-path`.
+    parser.add_argument("--run-name", default="", help="run name under runs/ (default: the preset name)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="change one preset setting, for example train.stage1.epochs=3 (repeatable)")
+    parser.add_argument("--force", action="store_true", help="train again runs whose final weights exist")
+    parser.add_argument("--resume", default="latest", help="latest, none, or the path of a checkpoint file")
+    args = parser.parse_args(argv)
+
+    config = load_config(args.preset, args.override)
+    if args.device != "auto":
+        config["device"] = args.device
+    run_train_stage(config, args.run_name or Path(str(args.preset)).stem, force=args.force, resume=args.resume)
+    return 0
+
+
+# Run as `python -m biovita_nb.train`; a notebook kernel has no `__file__`, so importing or executing
+# this notebook never gets here.
+if __name__ == "__main__" and "__file__" in globals():
+    sys.exit(main())

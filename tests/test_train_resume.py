@@ -82,8 +82,8 @@ def test_killed_run_resumes_to_identical_weights(data_run, tmp_path):
         runs[name] = run_paths(name, root)
         shutil.copytree(data_run / "manifest", runs[name].manifest)
 
-    # Stage 1 has steps 1-6 (two epochs of three); stage 2 has phase 1 (steps 1-3) and phase 2 (steps 4-6),
-    # where the audio top layers join at step 5 and the logit scale at step 6.
+    # Stage 1 has steps 1-6 in two epochs of three. Stage 2 has phase 1 (steps 1-3) and phase 2 (steps 4-6).
+    # The audio top layers join at step 5 and the logit scale at step 6.
     straight = start_training(script, root, "straight")
     killed = start_training(script, root, "killed")
     kill_when(killed, runs["killed"].checkpoints / "stage1" / "step-000000002.pt")
@@ -103,6 +103,6 @@ def test_killed_run_resumes_to_identical_weights(data_run, tmp_path):
         assert expected.keys() == actual.keys()
         different = [key for key in expected if not torch.equal(expected[key], actual[key])]
         assert different == [], f"{stage}: {len(different)} tensors differ, first {different[:5]}"
-        # The resumed log holds each step once, with the same values as the uninterrupted run.
+        # The resumed log has each step once, with the same values as the uninterrupted run.
         assert step_records(runs["killed"].logs / f"{stage}.jsonl") == \
             step_records(runs["straight"].logs / f"{stage}.jsonl")
