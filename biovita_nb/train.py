@@ -328,7 +328,7 @@ class Phase2Schedule(Schedule):
 
 # %% ../nbs/03_train.ipynb #5c2d0c1b
 class PaperSchedule(Schedule):
-    """Stage 2 in one phase, as the paper text describes it: ramped AIC and ITC, halved learning rate."""
+    """Stage 2 in one phase, as the BioVITA paper's text describes it: ramped AIC and ITC, halved learning rate."""
 
     name = "paper"
 
@@ -484,7 +484,7 @@ class MetricsLog:
 # %% ../nbs/03_train.ipynb #1ee50072
 @dataclass
 class Position:
-    """Where a training run stands: phase, epoch, batches done in the epoch and steps."""
+    """The place of a training run: phase, epoch, batches done in the epoch and steps."""
 
     phase: int = 0
     epoch: int = 0
