@@ -165,6 +165,22 @@ def test_finished_runs_are_skipped(trained):
     assert (paths.logs / "stage2.jsonl").read_text() == lines
 
 
+def test_explicit_checkpoint_replays_phase2(trained, data_run):
+    config, source, finals = trained
+    paths = run_paths("replay", data_run.parent)
+    shutil.copytree(source.root, paths.root)
+    end_of_phase1 = paths.checkpoints / "stage2" / "step-000000002.pt"
+    timing = ("samples_per_s", "data_wait_s", "step_s")
+
+    final = train_run("stage2", config, paths, load_manifest(paths), TrainContext(torch.device("cpu")),
+                      resume=end_of_phase1)
+
+    replayed, original = weights(final), weights(finals["stage2"])
+    assert [k for k in original if not torch.equal(original[k], replayed[k])] == []
+    assert [{k: v for k, v in r.items() if k not in timing} for r in records(paths.logs / "stage2.jsonl")] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in records(source.logs / "stage2.jsonl")]
+
+
 def test_paper_variant_trains_one_phase(trained, data_run):
     _, source, finals = trained
     config = load_config("smoke", {"train.stage2.variant": "paper"})
