@@ -32,7 +32,7 @@ __all__ = ['logger', 'LEVELS', 'MODALITIES', 'DIRECTIONS', 'SPLITS', 'TEXT_FIELD
            'read_task_csv', 'write_task_csv', 'MissingFeatureError', 'score_task', 'score_task_file', 'Benchmark',
            'load_benchmark', 'build_benchmark', 'example_manifest', 'FeatureSet', 'ModalityUnavailable', 'FeatureStore',
            'write_feature_set', 'text_strings', 'extract_features', 'score_model', 'ModelUnavailable',
-           'load_benchmark_model', 'summary_table', 'run_benchmark_stage']
+           'load_benchmark_model', 'summary_table', 'benchmark_models', 'run_benchmark_stage']
 
 # %% ../nbs/04_benchmark.ipynb #be6bc4a3
 logger = logging.getLogger(__name__)
@@ -1228,6 +1228,12 @@ def _summary_cell(entry: Mapping | None) -> str:
 CLIP_CACHE_BYTES = 2**30  # decoded clips kept across models when the whole benchmark's audio fits
 
 
+def benchmark_models(config: Mapping) -> list[str]:
+    """Return the models to score: `benchmark.models`, then the stage-2 ablations the training stage trains."""
+    models = list(config["benchmark"]["models"])
+    return models + [name for name in config["train"].get("ablations", []) if name not in models]
+
+
 def _open_benchmark(config: Mapping, run: RunPaths, force: bool) -> Benchmark:
     """Return the benchmark to score: the configured published one, or one built from the run's manifest."""
     published = config["data"].get("benchmark_dir")
@@ -1257,7 +1263,7 @@ def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = Fals
     clip_bytes = 4 * int(config["data"]["sample_rate"] * config["data"]["clip_seconds"])
     clip_cache = {} if len(benchmark.audio_index) * clip_bytes <= CLIP_CACHE_BYTES else None
     entries, predictions, skipped = [], [], []
-    for name in config["benchmark"]["models"]:
+    for name in benchmark_models(config):
         try:
             model, model_fingerprint = load_benchmark_model(name, config, run)
         except ModelUnavailable as error:
