@@ -98,10 +98,23 @@ def run_stage(stage: Stage | str, preset: str = "demo", run_name: str = "", devi
     parameters.update(extra_parameters or {})
     logger.info("Stage %s started: %s -> %s", stage.name, path, output)
     started = time.perf_counter()
+    engine_options = {"kernel_manager_class": _ipc_kernel_manager()} if os.name == "posix" else {}
     papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name="python3", language="python",
+                               **engine_options,
                                cwd=str(path.parent), progress_bar=False, log_output=False)
     logger.info("Stage %s finished in %.1f s", stage.name, time.perf_counter() - started)
     return output
+
+
+def _ipc_kernel_manager() -> type:
+    """Return a kernel manager class that talks to the kernel over Unix sockets instead of unencrypted TCP."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class IpcKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc")
+
+    return IpcKernelManager
 
 
 def _stage(stage: Stage | str) -> Stage:
