@@ -7,6 +7,7 @@ Docs: https://biovita-nb.github.io/biovita-nb/benchmark.html.md"""
 # %% ../nbs/04_benchmark.ipynb #fa382ffe
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import contextlib
 import hashlib
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import (ConfigError, RunPaths, derive_seed, resolve_device, resolve_precision, run_paths,
-                               setup_logging, write_json_atomic)
+from .config import (ConfigError, RunPaths, complete_stage, derive_seed, load_config, resolve_device,
+                               resolve_precision, run_paths, setup_logging, stage_complete, write_json_atomic)
 
 # %% auto #0
 __all__ = ['logger', 'LEVELS', 'MODALITIES', 'DIRECTIONS', 'SPLITS', 'TEXT_FIELD_OF_NAME', 'TASK_COLUMNS', 'TIE_BREAKS',
@@ -32,7 +34,7 @@ __all__ = ['logger', 'LEVELS', 'MODALITIES', 'DIRECTIONS', 'SPLITS', 'TEXT_FIELD
            'read_task_csv', 'write_task_csv', 'MissingFeatureError', 'score_task', 'score_task_file', 'Benchmark',
            'load_benchmark', 'build_benchmark', 'example_manifest', 'FeatureSet', 'ModalityUnavailable', 'FeatureStore',
            'write_feature_set', 'text_strings', 'extract_features', 'score_model', 'ModelUnavailable',
-           'load_benchmark_model', 'summary_table', 'benchmark_models', 'run_benchmark_stage']
+           'load_benchmark_model', 'summary_table', 'benchmark_models', 'run_benchmark_stage', 'main']
 
 # %% ../nbs/04_benchmark.ipynb #be6bc4a3
 logger = logging.getLogger(__name__)
@@ -1290,3 +1292,39 @@ def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = Fals
     logger.info("Benchmark stage finished in %.1f s: %d result entries, %d model(s) skipped",
                 time.perf_counter() - started, len(entries), len(skipped))
     return entries
+
+# %% ../nbs/04_benchmark.ipynb #2a478ae7
+def main(argv: Sequence[str] | None = None) -> int:
+    """Build, extract and score a run's benchmark from the command line (also under `torchrun`)."""
+    parser = argparse.ArgumentParser(prog="python -m biovita_nb.benchmark",
+                                     description="Build the benchmark of a run whose data stage has finished, extract "
+                                                 "features for the preset's models and score them.")
+    parser.add_argument("--preset", default="demo", help="preset name (smoke, demo, paper) or YAML file")
+    # Not `--run`: torchrun would take it for an abbreviation of its own `--run-path`.
+    parser.add_argument("--run-name", default="", help="run name under runs/ (default: the preset name)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="change one preset setting, for example benchmark.batch_size=64 (repeatable)")
+    parser.add_argument("--force", action="store_true", help="rebuild the benchmark and extract features again")
+    args = parser.parse_args(argv)
+
+    from biovita_nb.train import setup_distributed
+
+    config = load_config(args.preset, args.override)
+    if args.device != "auto":
+        config["device"] = args.device
+    run = run_paths(args.run_name or Path(str(args.preset)).stem)
+    if not stage_complete(run, "data"):
+        parser.error(f"the data stage of run {run.name!r} has not finished ({run.root}): run `biovita data "
+                     f"--preset {args.preset} --run {run.name}` first.")
+    context = setup_distributed(config["device"], config["precision"])
+    entries = run_benchmark_stage(config, run, force=args.force)
+    if context.is_main:
+        complete_stage("bench", run, {"results": str(run.results / "results.json"), "entries": len(entries)})
+    return 0
+
+
+# Run as `python -m biovita_nb.benchmark`; a notebook kernel has no `__file__`, so importing or
+# executing this notebook never gets here.
+if __name__ == "__main__" and "__file__" in globals():
+    sys.exit(main())

@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import tempfile
-from datetime import datetime, timezone
 
-from .config import (PRESETS, ConfigError, RunPaths, init_run, load_config, project_root, run_paths,
-                               seed_everything, setup_logging, write_json_atomic)
+from .config import (PRESETS, ConfigError, RunPaths, complete_stage, init_run, load_config, project_root,
+                               run_paths, seed_everything, setup_logging, stage_complete, stage_marker)
 
 # %% auto #0
 __all__ = ['logger', 'STAGES', 'PREREQUISITES', 'Stage', 'StageUnavailableError', 'notebooks_dir', 'stage_notebook', 'run_stage',
-           'reproduce', 'StageNotReadyError', 'stage_marker', 'stage_complete', 'complete_stage', 'run_stage_function',
-           'stage_summary', 'prepare_stage', 'build_parser', 'main']
+           'reproduce', 'StageNotReadyError', 'run_stage_function', 'stage_summary', 'prepare_stage', 'build_parser',
+           'main']
 
 # %% ../nbs/06_cli.ipynb #5ef87f4b
 logger = logging.getLogger(__name__)
@@ -141,24 +140,6 @@ PREREQUISITES = {"data": (), "train": ("data",), "bench": ("data",), "report": (
 
 class StageNotReadyError(RuntimeError):
     """A stage started before the stages whose outputs it reads."""
-
-
-def stage_marker(run: RunPaths, stage: str) -> Path:
-    """Return the file that records that `stage` of `run` finished."""
-    return run.root / "stages" / f"{stage}.json"
-
-
-def stage_complete(run: RunPaths, stage: str) -> bool:
-    """Tell whether `stage` of `run` has finished."""
-    return stage_marker(run, stage).is_file()
-
-
-def complete_stage(stage: str, run: RunPaths, summary: dict | None = None) -> Path:
-    """Record that `stage` of `run` finished, with a summary of what it wrote."""
-    record = {"stage": stage, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "summary": summary or {}}
-    path = write_json_atomic(stage_marker(run, stage), record)
-    logger.info("Stage %s of run %s complete", stage, run.name)
-    return path
 
 
 def run_stage_function(stage: str, config: dict, run: RunPaths, force: bool = False, **extra):

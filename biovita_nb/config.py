@@ -30,8 +30,8 @@ import yaml
 __all__ = ['logger', 'PACKAGE_DIR', 'PRESETS_DIR', 'PRESETS', 'VERSIONED_PACKAGES', 'LOG_FORMAT', 'ConfigError', 'preset_path',
            'load_preset', 'parse_override', 'normalise_overrides', 'load_config', 'get_setting', 'project_root',
            'runs_root', 'figures_root', 'sample_dir', 'paper_dir', 'RunPaths', 'run_paths', 'package_versions',
-           'init_run', 'load_run_config', 'write_json_atomic', 'seed_everything', 'derive_seed', 'seeded_generator',
-           'resolve_device', 'resolve_precision', 'setup_logging']
+           'init_run', 'load_run_config', 'write_json_atomic', 'stage_marker', 'stage_complete', 'complete_stage',
+           'seed_everything', 'derive_seed', 'seeded_generator', 'resolve_device', 'resolve_precision', 'setup_logging']
 
 # %% ../nbs/00_config.ipynb #62f7df5f
 logger = logging.getLogger(__name__)
@@ -302,6 +302,24 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
+    return path
+
+# %% ../nbs/00_config.ipynb #f7ee2de5
+def stage_marker(run: RunPaths, stage: str) -> Path:
+    """Return the file that records that `stage` of `run` finished."""
+    return run.root / "stages" / f"{stage}.json"
+
+
+def stage_complete(run: RunPaths, stage: str) -> bool:
+    """Tell whether `stage` of `run` has finished."""
+    return stage_marker(run, stage).is_file()
+
+
+def complete_stage(stage: str, run: RunPaths, summary: dict | None = None) -> Path:
+    """Record that `stage` of `run` finished, with a summary of what it wrote."""
+    record = {"stage": stage, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "summary": summary or {}}
+    path = write_json_atomic(stage_marker(run, stage), record)
+    logger.info("Stage %s of run %s complete", stage, run.name)
     return path
 
 # %% ../nbs/00_config.ipynb #4c401f69

@@ -28,8 +28,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .config import (ConfigError, RunPaths, derive_seed, load_config, resolve_device, resolve_precision,
-                               run_paths, seed_everything, setup_logging)
+from .config import (ConfigError, RunPaths, complete_stage, derive_seed, load_config, resolve_device,
+                               resolve_precision, run_paths, seed_everything, setup_logging, stage_complete)
 from .data import Manifest, Stage1Dataset, Stage2Dataset, load_manifest
 from .images import ImageDecodeError, load_image
 from .losses import (AlignmentGate, NonFiniteTracker, all_finite, contrastive_terms, distributed_world,
@@ -1004,7 +1004,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(args.preset, args.override)
     if args.device != "auto":
         config["device"] = args.device
-    run_train_stage(config, args.run_name or Path(str(args.preset)).stem, force=args.force, resume=args.resume)
+    run = run_paths(args.run_name or Path(str(args.preset)).stem)
+    if not stage_complete(run, "data"):
+        parser.error(f"the data stage of run {run.name!r} has not finished ({run.root}): run `biovita data "
+                     f"--preset {args.preset} --run {run.name}` first.")
+    finals = run_train_stage(config, run, force=args.force, resume=args.resume)
+    if distributed_world()[0] == 0:
+        complete_stage("train", run, {"final": {name: str(path) for name, path in finals.items()}})
     return 0
 
 

@@ -249,3 +249,43 @@ def test_stage_under_torch_distributed(tmp_path: Path):
     single = run_benchmark_stage(config, "single")
     assert json.loads((root / "rank0.json").read_text()) == len(single)
     assert distributed == json.loads(json.dumps(single))
+
+
+def test_command_line_needs_finished_data_stage(tmp_path, monkeypatch, capsys):
+    from biovita_nb.benchmark import main
+
+    monkeypatch.setenv("BIOVITA_RUNS", str(tmp_path / "runs"))
+    with pytest.raises(SystemExit) as info:
+        main(["--preset", "smoke", "--run-name", "nothing"])
+    assert info.value.code == 2
+    assert "the data stage of run 'nothing' has not finished" in capsys.readouterr().err
+
+
+def test_torchrun_two_ranks_score_benchmark(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from biovita_nb.config import complete_stage, init_run, stage_complete
+    from biovita_nb.data import run_data_stage
+
+    config = load_config("smoke", ["benchmark.models=[random]"])
+    run = init_run(config, "ranks", tmp_path / "runs")
+    run_data_stage(config, run, progress=False)
+    complete_stage("data", run)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), "-m", "biovita_nb.benchmark", "--preset", "smoke", "--run-name", "ranks",
+               "--override", "benchmark.models=[random]"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "BIOVITA_RUNS": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    assert stage_complete(run, "bench")
+    entries = json.loads((run.results / "results.json").read_text())
+    assert {entry["model"] for entry in entries} == {"random"}
+    assert len({(e["split"], e["level"], e["direction"]) for e in entries}) == 36

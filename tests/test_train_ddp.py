@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from biovita_nb.config import init_run, load_config, run_paths
+from biovita_nb.config import complete_stage, init_run, load_config, run_paths, stage_complete
 from biovita_nb.data import run_data_stage
 from biovita_nb.train import CheckpointStore
 
@@ -24,6 +24,7 @@ def test_two_gloo_processes_train_both_stages(tmp_path):
     config = load_config("smoke")
     run = init_run(config, "ddp", tmp_path / "runs")
     run_data_stage(config, run, progress=False)
+    complete_stage("data", run)
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(free_port()), "-m", "biovita_nb.train", "--preset", "smoke", "--run-name", "ddp"]
@@ -34,6 +35,7 @@ def test_two_gloo_processes_train_both_stages(tmp_path):
 
     assert "2 process(es) (gloo)" in result.stderr
     paths = run_paths("ddp", tmp_path / "runs")
+    assert stage_complete(paths, "train")
     for stage in ("stage1", "stage2"):
         assert (paths.checkpoints / stage / "final" / "model.safetensors").is_file()
         lines = [json.loads(line) for line in (paths.logs / f"{stage}.jsonl").read_text().splitlines()]
