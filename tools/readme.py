@@ -18,7 +18,11 @@ def render_readme(notebook: Path) -> str:
         source = cell.source.strip()
         if not source or source.startswith("#| hide"):
             continue
-        parts.append(source if cell.cell_type == "markdown" else f"```python\n{source}\n```")
+        if cell.cell_type == "markdown":
+            # Image paths in the notebook are relative to nbs/; the README sits one folder up.
+            parts.append(source.replace("](images/", "](nbs/images/"))
+        else:
+            parts.append(f"```python\n{source}\n```")
     return HEADER + "\n\n".join(parts) + "\n"
 
 
