@@ -178,7 +178,7 @@ def project_root(start: str | os.PathLike | None = None) -> Path | None:
 
 
 def runs_root() -> Path:
-    """Return the folder that holds run directories: `$BIOVITA_RUNS`, `<checkout>/runs` or `./runs`."""
+    """Return the folder that contains the run directories: `$BIOVITA_RUNS`, `<checkout>/runs` or `./runs`."""
     if os.environ.get("BIOVITA_RUNS"):
         return Path(os.environ["BIOVITA_RUNS"]).expanduser().resolve()
     root = project_root()

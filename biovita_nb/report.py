@@ -266,7 +266,7 @@ def radar_figure(results: pd.DataFrame, model: str, split: str = "seen", level: 
 
 # %% ../nbs/05_paper.ipynb #0193c7bd
 def error_consistency(predictions: pd.DataFrame, taxonomy: pd.DataFrame) -> pd.DataFrame:
-    """Return, per model and direction, the share of wrong species answers in the right genus and family."""
+    """Return, per model and direction, the share of wrong species predictions in the right genus and family."""
     genus = dict(zip(taxonomy["species_key"], taxonomy["genus_key"]))
     family = dict(zip(taxonomy["species_key"], taxonomy["family_key"]))
     wrong = predictions[predictions["predicted_taxon"] != predictions["correct_taxon"]].copy()
@@ -281,7 +281,7 @@ def error_consistency(predictions: pd.DataFrame, taxonomy: pd.DataFrame) -> pd.D
 
 
 def error_consistency_figure(consistency: pd.DataFrame):
-    """Draw bars of the share of wrong answers in the right genus and family, per direction and model."""
+    """Draw bars of the share of wrong predictions in the right genus and family, per direction and model."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
