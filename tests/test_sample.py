@@ -46,7 +46,8 @@ def test_missing_file_reported(sample_copy):
         load_sample(sample_copy)
     message = str(info.value)
     assert "2 file(s)" in message
-    assert "coyote.mp3: expected sha256" in message and "got missing" in message
+    assert "coyote.mp3: expected sha256" in message
+    assert "got missing" in message
     assert "red-fox.mp3" in message
 
 
