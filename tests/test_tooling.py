@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -131,3 +132,37 @@ def test_nbdev_test_runs_prerequisites_in_temp_folder(monkeypatch):
     assert all(root == run.root for _, _, root in calls)
     assert cli.stage_complete(run, "bench")
     assert "biovita-nbdev-report-" in str(run.root)
+
+
+def test_papermill_cli_parameter_types(tmp_path):
+    code = ("import json\n"
+            "json.dump({name: [value, type(value).__name__] for name, value in dict(preset=preset, run_name=run_name, "
+            "overrides=overrides, force=force, device=device).items()}, open('seen.json', 'w'))\n")
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('preset = "demo"\nrun_name = ""\ndevice = "auto"\noverrides = []\nforce = False',
+                                  metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(code)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "stage.ipynb")
+    command = [str(Path(sys.executable).with_name("papermill")), "stage.ipynb", "out.ipynb", "-p", "preset", "smoke",
+               "-p", "run_name", "a=b", "-p", "force", "True", "-p", "device", "7",
+               "-y", 'overrides: ["data.recordings_table=x=y.csv", "train.stage1.epochs=3"]']
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["preset"] == ["smoke", "str"]
+    assert seen["run_name"] == ["a=b", "str"]
+    assert seen["force"] == [True, "bool"]
+    assert seen["device"] == [7, "int"]
+    assert seen["overrides"] == [["data.recordings_table=x=y.csv", "train.stage1.epochs=3"], "list"]
+
+
+def test_train_notebook_before_data_names_stage(project_root, tmp_path):
+    command = [str(Path(sys.executable).with_name("papermill")), str(project_root / "nbs" / "03_train.ipynb"),
+               str(tmp_path / "out.ipynb"), "-p", "preset", "smoke", "-p", "run_name", "fresh"]
+    env = {key: value for key, value in os.environ.items() if key != "IN_TEST"}
+    result = subprocess.run(command, cwd=project_root / "nbs", capture_output=True, text=True, env=env)
+    assert result.returncode != 0
+    assert "StageNotReadyError" in result.stderr
+    assert "Run it first: biovita data --preset smoke --run fresh" in result.stderr
