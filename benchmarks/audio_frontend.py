@@ -141,8 +141,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the fastest counts)")
     parser.add_argument("--batch-size", type=int, default=9, help="clips per frontend call")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads for the frontend (the numpy extractor uses one)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch CPU threads for the frontend, as in the training process (default: torch's "
+                             "default for this machine); the numpy extractor uses one")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")

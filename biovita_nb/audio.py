@@ -519,7 +519,7 @@ class ClapMelFrontend(nn.Module):
 
     def __init__(self, sample_rate: int = 48000, n_fft: int = 1024, hop_length: int = 480, n_mels: int = 64,
                  f_min: float = 50.0, f_max: float = 14000.0, max_seconds: float = 10.0,
-                 padding: str = "repeatpad", refine_below: float = 1e-9):
+                 padding: str = "repeatpad", refine_below: float = 1e-10):
         super().__init__()
         if padding not in PADDING_MODES:
             raise ValueError(f"Unknown padding {padding!r}: choose one of {', '.join(PADDING_MODES)}.")
@@ -607,9 +607,8 @@ class ClapMelFrontend(nn.Module):
             return mel
         rows, columns = suspect.nonzero(as_tuple=True)
         window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float64, device=frames.device)
-        spectrum = torch.fft.rfft(frames[rows, columns].to(torch.float64) * window)
+        spectrum = torch.fft.rfft(frames[rows, columns].to(torch.float64) * window)[:, : self.used_bins]
         power = spectrum.real.square() + spectrum.imag.square()
-        mel = mel.clone()
-        exact = power[:, : self.used_bins] @ self.mel_filters[: self.used_bins].to(torch.float64)
-        mel[rows, columns] = exact.to(mel.dtype)
+        exact = power @ self.mel_filters[: self.used_bins].to(torch.float64)
+        mel[rows, columns] = exact.to(mel.dtype)  # `mel` is this call's own product, so it is updated in place
         return mel
