@@ -11,21 +11,21 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import tempfile
-
-from .config import (PRESETS, ConfigError, RunPaths, complete_stage, init_run, load_config, project_root,
-                               run_paths, seed_everything, setup_logging, stage_complete, stage_marker)
+from .config import (PRESETS, ConfigError, RunPaths, complete_stage, config_differences, init_run, load_config,
+                               project_root, run_paths, seed_everything, setup_logging, stage_complete, stage_marker)
 
 # %% auto #0
-__all__ = ['logger', 'STAGES', 'PREREQUISITES', 'Stage', 'StageUnavailableError', 'notebooks_dir', 'stage_notebook', 'run_stage',
-           'reproduce', 'StageNotReadyError', 'run_stage_function', 'stage_summary', 'prepare_stage', 'build_parser',
-           'main']
+__all__ = ['logger', 'STAGES', 'NOTABLE_LOG', 'PREREQUISITES', 'Stage', 'StageUnavailableError', 'notebooks_dir',
+           'stage_notebook', 'run_stage', 'StageFailedError', 'notable_log_lines', 'reproduce', 'StageNotReadyError',
+           'run_stage_function', 'stage_summary', 'prepare_stage', 'build_parser', 'main']
 
 # %% ../nbs/06_cli.ipynb #5ef87f4b
 logger = logging.getLogger(__name__)
@@ -95,14 +95,51 @@ def run_stage(stage: Stage | str, preset: str = "demo", run_name: str = "", devi
     output = run.notebooks / stage.notebook
     parameters = dict(preset=str(preset), run_name=run.name, device=device, overrides=list(overrides), force=force)
     parameters.update(extra_parameters or {})
+    log_file = run.logs / f"{stage.name}.log"
+    log_start = log_file.stat().st_size if log_file.is_file() else 0
     logger.info("Stage %s started: %s -> %s", stage.name, path, output)
     started = time.perf_counter()
     engine_options = {"kernel_manager_class": _ipc_kernel_manager()} if os.name == "posix" else {}
-    papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name="python3", language="python",
-                               **engine_options,
-                               cwd=str(path.parent), progress_bar=False, log_output=False)
+    try:
+        papermill.execute_notebook(str(path), str(output), parameters=parameters, kernel_name="python3",
+                                   language="python", cwd=str(path.parent), progress_bar=False, log_output=False,
+                                   **engine_options)
+    except papermill.PapermillExecutionError as error:
+        raise StageFailedError(stage.name, error.ename, error.evalue, output) from None
     logger.info("Stage %s finished in %.1f s", stage.name, time.perf_counter() - started)
+    for line in notable_log_lines(log_file, log_start):
+        print(f"  {line}")
     return output
+
+
+class StageFailedError(RuntimeError):
+    """A stage notebook that raised: the error's name and message, and the executed copy with the traceback."""
+
+    # Errors that mean the request was wrong (run a stage first, fix a setting), not that the code failed.
+    USER_ERRORS = ("StageNotReadyError", "ConfigError", "StageUnavailableError")
+
+    def __init__(self, stage: str, name: str, message: str, notebook: Path):
+        self.stage, self.name, self.message, self.notebook = stage, name, message, notebook
+        super().__init__(f"stage {stage} failed: {name}: {message} (traceback in the executed notebook {notebook})")
+
+    @property
+    def user_error(self) -> bool:
+        return self.name in self.USER_ERRORS
+
+
+NOTABLE_LOG = re.compile(r" (WARNING|ERROR) |skipped|up to date|reused|already", re.IGNORECASE)
+
+
+def notable_log_lines(log_file: Path, start: int = 0, limit: int = 20) -> list[str]:
+    """Return the warnings, errors and skip notices that a stage wrote to its log after byte `start`."""
+    if not log_file.is_file():
+        return []
+    with open(log_file, encoding="utf-8", errors="replace") as handle:
+        handle.seek(start)
+        lines = [line.rstrip() for line in handle if NOTABLE_LOG.search(line)]
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... {len(lines) - limit} more in {log_file}"]
+    return lines
 
 
 def _ipc_kernel_manager() -> type:
@@ -177,16 +214,33 @@ def prepare_stage(stage: str, preset: str = "demo", run_name: str = "", device: 
     root = Path(tempfile.mkdtemp(prefix=f"biovita-nbdev-{stage}-")) if testing else None
     if testing:
         os.environ["BIOVITA_FIGURES"] = str(root / "figures")  # keep the checkout's figures/ untouched
-    config = load_config(preset, list(overrides))
+    config = load_config(preset, overrides)
     if device != "auto":
         config["device"] = device
     name = run_name or Path(str(preset)).stem
+    _check_run_settings(stage, config, run_paths(name, root), force)
     _ensure_prerequisites(stage, config, run_paths(name, root), run_missing=testing)
     run = init_run(config, name, root)
     setup_logging("INFO", run.logs / f"{stage}.log")
     seed_everything(int(config["seed"]))
     logger.info("Stage %s of run %s prepared (preset %s, device %s)", stage, run.name, config["name"], config["device"])
     return config, run
+
+
+def _check_run_settings(stage: str, config: dict, run: RunPaths, force: bool) -> None:
+    """Raise `ConfigError` when `run` was set up with other settings, unless `force` redoes the stage with the new ones."""
+    if not run.config.is_file():
+        return
+    differences = config_differences(json.loads(run.config.read_text())["config"], config)
+    if not differences:
+        return
+    listed = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
+    if not force:
+        raise ConfigError(f"Run '{run.name}' was set up with other settings ({listed}). Its outputs come from the old "
+                          f"settings, so they are not reused: pass --force to redo the {stage} stage with the new "
+                          "settings (and the later stages after it), or choose a new run name with --run.")
+    logger.warning("Run %s: the %s stage is redone with changed settings (%s); later stages need --force too.",
+                   run.name, stage, listed)
 
 
 def _ensure_prerequisites(stage: str, config: dict, run: RunPaths, run_missing: bool) -> None:
@@ -242,4 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StageUnavailableError, StageNotReadyError, ConfigError) as error:
         print(f"biovita {args.command}: {error}", file=sys.stderr)
         return 2
+    except StageFailedError as error:
+        if error.user_error:
+            print(f"biovita {args.command}: {error.message}", file=sys.stderr)
+            return 2
+        print(f"biovita {args.command}: {error}", file=sys.stderr)
+        return 1
     return 0

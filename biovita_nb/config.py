@@ -28,10 +28,11 @@ import yaml
 
 # %% auto #0
 __all__ = ['logger', 'PACKAGE_DIR', 'PRESETS_DIR', 'PRESETS', 'VERSIONED_PACKAGES', 'LOG_FORMAT', 'ConfigError', 'preset_path',
-           'load_preset', 'parse_override', 'normalise_overrides', 'load_config', 'get_setting', 'project_root',
-           'runs_root', 'figures_root', 'sample_dir', 'paper_dir', 'RunPaths', 'run_paths', 'package_versions',
-           'init_run', 'load_run_config', 'write_json_atomic', 'stage_marker', 'stage_complete', 'complete_stage',
-           'seed_everything', 'derive_seed', 'seeded_generator', 'resolve_device', 'resolve_precision', 'setup_logging']
+           'load_preset', 'parse_override', 'normalise_overrides', 'load_config', 'config_differences', 'get_setting',
+           'project_root', 'runs_root', 'figures_root', 'sample_dir', 'paper_dir', 'RunPaths', 'run_paths',
+           'package_versions', 'init_run', 'load_run_config', 'write_json_atomic', 'stage_marker', 'stage_complete',
+           'complete_stage', 'seed_everything', 'derive_seed', 'seeded_generator', 'resolve_device',
+           'resolve_precision', 'setup_logging']
 
 # %% ../nbs/00_config.ipynb #62f7df5f
 logger = logging.getLogger(__name__)
@@ -60,8 +61,28 @@ def _merge(base: dict, update: Mapping, origin: str, prefix: str = "") -> dict:
             raise ConfigError(f"{origin}: {dotted!r} is a section of settings and cannot be set to {value!r}; "
                               f"set one of its keys instead, such as {dotted}.{next(iter(merged[key]), 'name')}.")
         else:
-            merged[key] = copy.deepcopy(value)
+            merged[key] = _checked_value(dotted, merged[key], value, origin)
     return merged
+
+
+def _checked_value(dotted: str, current: Any, value: Any, origin: str) -> Any:
+    """Return `value` if it has the type of the preset's `current` value (null fits anything), else raise."""
+    if current is None or value is None:
+        return copy.deepcopy(value)
+    if isinstance(current, bool) or isinstance(value, bool):
+        valid = isinstance(current, bool) and isinstance(value, bool)
+    elif isinstance(current, int) and isinstance(value, float):
+        valid = value.is_integer()
+        value = int(value) if valid else value
+    elif isinstance(current, (int, float)):
+        valid = isinstance(value, (int, float))
+    else:
+        valid = type(current) is type(value)
+    if not valid:
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(
+            type(current), type(current).__name__)
+        raise ConfigError(f"{origin}: {dotted!r} must be {kind} (the preset has {current!r}), got {value!r}.")
+    return copy.deepcopy(value)
 
 
 def preset_path(name: str | os.PathLike) -> Path:
@@ -131,7 +152,9 @@ def normalise_overrides(overrides: Mapping | Iterable[str] | None) -> dict:
     if overrides is None:
         return {}
     if isinstance(overrides, str):
-        overrides = [overrides]
+        # papermill's -p passes a list written on the command line as its text, such as '["a.b=1"]'.
+        parsed = yaml.safe_load(overrides) if overrides.lstrip().startswith("[") else None
+        overrides = parsed if isinstance(parsed, list) else [overrides]
     if not isinstance(overrides, Mapping):
         overrides = dict(parse_override(item) for item in overrides)
     return _nest(overrides)
@@ -155,6 +178,24 @@ def _merge_overrides(previous: Mapping, updates: Mapping) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def config_differences(old: Mapping, new: Mapping, ignore: Iterable[str] = ("overrides", "device", "description")) -> list[str]:
+    """List the settings that differ between two configurations as `key: old -> new`, ignoring `ignore`."""
+    def flatten(node: Mapping, prefix: str = "") -> dict:
+        flat = {}
+        for key, value in node.items():
+            if prefix == "" and key in ignore:
+                continue
+            if isinstance(value, Mapping):
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    before, after = flatten(old), flatten(new)
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key)]
 
 
 def get_setting(config: Mapping, dotted: str) -> Any:
@@ -229,8 +270,9 @@ class RunPaths:
     def notebooks(self) -> Path: return self.root / "notebooks"
 
     def figures(self, preset: str) -> Path:
-        """Return the folder for the tables and figures of this run's preset."""
-        return figures_root() / preset
+        """Return the folder of this run's tables and figures: `figures/<preset>/`, or `figures/<preset>-<run>/`."""
+        # A run not named after its preset gets its own folder, so two runs of a preset never overwrite each other.
+        return figures_root() / (preset if self.name == preset else f"{preset}-{self.name}")
 
     def make_dirs(self) -> "RunPaths":
         """Create every folder of the run and return `self`."""
@@ -368,15 +410,29 @@ def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever `sys.stderr` is at the time of each record."""
+
+    # Notebook kernels and test runners replace sys.stderr, so a stream captured once goes stale or closed.
+    @property
+    def stream(self):
+        import sys  # a local import keeps working while a notebook's namespace is torn down at exit
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(level: str | int = "INFO", log_file: str | os.PathLike | None = None) -> logging.Logger:
     """Configure the `biovita_nb` logger with one line format, to stderr and optionally to a file."""
     package_logger = logging.getLogger("biovita_nb")
     package_logger.setLevel(level)
     package_logger.propagate = False
     formatter = logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
-    if not any(getattr(h, "_biovita_console", False) for h in package_logger.handlers):
-        console = logging.StreamHandler(sys.stderr)
-        console._biovita_console = True
+    if not any(isinstance(h, _CurrentStderrHandler) for h in package_logger.handlers):
+        console = _CurrentStderrHandler()
         console.setFormatter(formatter)
         package_logger.addHandler(console)
     if log_file is not None:

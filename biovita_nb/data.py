@@ -549,8 +549,9 @@ def _log_failures(table: pd.DataFrame, modality: str, shown: int = 20) -> None:
     """Log the first `shown` failures one by one and a count per reason."""
     failed = table[table["status"] == "failed"]
     for row in failed.head(shown).itertuples():
-        logger.warning("Download of %s %s from %s failed after %d attempt(s): %s: %s", modality, row.item_id, row.url,
-                       row.attempts, row.reason, row.detail)
+        tries = f"after {row.attempts} attempt(s)" if row.attempts else "before any attempt"
+        logger.warning("Download of %s %s from %s failed %s: %s: %s", modality, row.item_id, row.url, tries,
+                       row.reason, row.detail)
     if len(failed):
         counts = ", ".join(f"{reason} {count}" for reason, count in failed["reason"].value_counts().sort_index().items())
         logger.warning("%d %s download(s) failed (%s)%s", len(failed), modality, counts,
@@ -1142,7 +1143,7 @@ def _card_overview(manifest: Manifest, title: str) -> list[str]:
         failed = pd.DataFrame([{"modality/reason": k, "downloads": v} for k, v in summary["download_failures"].items()])
         lines += ["Failed downloads by reason (also listed one by one in `download_failures.csv`):", "",
                   _markdown_table(failed), ""]
-    lines += ["## Taxonomic coverage", "", "Usable items per class:", "", _markdown_table(_taxon_coverage(manifest, "class")),
+    lines += ["## Taxonomic coverage", "", "Usable items per class (species: those with a usable recording or image):", "", _markdown_table(_taxon_coverage(manifest, "class")),
               "", "Usable items per order (the 30 largest):", "", _markdown_table(_taxon_coverage(manifest, "order", 30)), ""]
     if len(per_species):
         lines += ["## Recordings per species", "",
@@ -1282,7 +1283,7 @@ def build_manifest(config: Mapping, out_dir: str | os.PathLike, *, files_root: s
     sources = read_sources(config)
     fingerprint = _fingerprint(config, sources)
     if not force and _is_complete(out_dir, fingerprint):
-        logger.info("Manifest in %s is complete and up to date; pass force=True to rebuild it", out_dir)
+        logger.info("Manifest in %s is complete and up to date; pass --force (force=True in Python) to rebuild it", out_dir)
         return load_manifest(out_dir)
     work_dir = out_dir / ".build"
     if force and work_dir.exists():

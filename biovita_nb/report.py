@@ -240,7 +240,8 @@ def radar_figure(results: pd.DataFrame, model: str, split: str = "seen", level: 
     subset = results[(results["model"] == model) & (results["split"] == split) & (results["level"] == level)
                      & (results["text"] == "common")]
     directions = [d for d in DIRECTIONS if d in set(subset["direction"])]
-    figure, axes = plt.subplots(2, 3, figsize=(13, 8.5), subplot_kw={"projection": "polar"})
+    figure, axes = plt.subplots(2, 3, figsize=(16, 11), subplot_kw={"projection": "polar"})
+    figure.subplots_adjust(wspace=0.55, hspace=0.45)
     for axis, direction in zip(axes.flat, DIRECTIONS):
         if direction not in directions:
             axis.set_axis_off()
@@ -257,8 +258,9 @@ def radar_figure(results: pd.DataFrame, model: str, split: str = "seen", level: 
             axis.fill(np.append(angles, angles[0]), closed, color=color, alpha=0.08)
         axis.set_xticks(angles)
         axis.set_xticklabels(labels, fontsize=8)
+        axis.tick_params(axis="x", pad=6)
         axis.set_ylim(0, 100)
-        axis.set_title(f"{direction} (n={entry['n_queries']})", fontsize=10)
+        axis.set_title(f"{direction} (n={entry['n_queries']})", fontsize=10, pad=18)
     handles, names = next((a.get_legend_handles_labels() for a in axes.flat if a.lines), ([], []))
     figure.legend(handles, names, loc="lower center", ncol=3)
     figure.suptitle(f"{MODEL_LABELS.get(model, model)}: per-class accuracy, {split} species, {level} level")
@@ -481,7 +483,7 @@ def run_report_stage(config: Mapping, run, force: bool = False) -> dict:
     record_path = out / "report.json"
     fingerprint = _report_fingerprint(run)
     if not force and record_path.is_file() and json.loads(record_path.read_text()).get("inputs") == fingerprint:
-        logger.info("Report of run %s is up to date in %s; pass force=True to redo it.", run.name, out)
+        logger.info("Report of run %s is up to date in %s; pass --force (force=True in Python) to redo it.", run.name, out)
         return json.loads(record_path.read_text())
 
     results = load_results(run.results / "results.json")
@@ -492,7 +494,8 @@ def run_report_stage(config: Mapping, run, force: bool = False) -> dict:
     n_traits = 0 if manifest.traits is None else len([c for c in manifest.traits.columns if c != "species_key"])
 
     written += write_table(dataset_table(manifest.recordings, manifest.images, f"This run ({config['name']})", n_traits),
-                           out, "datasets", "Animal-sound datasets, with the dataset this run built")
+                           out, "datasets", "Animal-sound datasets, with the dataset this run built "
+                           "(its species: those with a usable recording or photo)")
     for split in splits:
         for level in ("species", "genus", "family"):
             table = retrieval_table(results, split, level)

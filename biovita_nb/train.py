@@ -955,7 +955,7 @@ def run_train_stage(config: Mapping, run: str | RunPaths, force: bool = False,
         final = paths.checkpoints / name / "final"
         stale = force or (stage1_trained and name != "stage1")
         if _final_exists(final) and not stale:
-            logger.info("%s: final weights already in %s, skipped (force=True trains again)", name, final)
+            logger.info("%s: final weights already in %s, skipped; pass --force (force=True in Python) to train again", name, final)
             finals[name] = final
             continue
         finals[name] = train_run(name, config, paths, manifest, context, None if stale else resume)

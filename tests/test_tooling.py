@@ -116,7 +116,7 @@ def test_stage_after_prerequisite_prepares_run(monkeypatch):
     monkeypatch.delenv("IN_TEST", raising=False)
     config, run = cli.prepare_stage("data", preset="smoke", run_name="r1", overrides=["seed=4"])
     cli.complete_stage("data", run, {"recordings": 27})
-    config, run = cli.prepare_stage("train", preset="smoke", run_name="r1", device="cpu")
+    config, run = cli.prepare_stage("train", preset="smoke", run_name="r1", device="cpu", overrides=["seed=4"])
     assert config["device"] == "cpu"
     assert json.loads(cli.stage_marker(run, "data").read_text())["summary"] == {"recordings": 27}
     assert (run.logs / "train.log").is_file()
@@ -166,3 +166,60 @@ def test_train_notebook_before_data_names_stage(project_root, tmp_path):
     assert result.returncode != 0
     assert "StageNotReadyError" in result.stderr
     assert "Run it first: biovita data --preset smoke --run fresh" in result.stderr
+
+
+
+def test_changed_settings_need_force(monkeypatch):
+    monkeypatch.delenv("IN_TEST", raising=False)
+    config, run = cli.prepare_stage("data", preset="smoke", run_name="r2")
+    cli.complete_stage("data", run)
+    with pytest.raises(cli.ConfigError) as info:
+        cli.prepare_stage("train", preset="smoke", run_name="r2", overrides=["train.stage1.epochs=5"])
+    assert "train.stage1.epochs: 2 -> 5" in str(info.value)
+    assert "pass --force" in str(info.value)
+    assert json.loads(run.config.read_text())["config"]["train"]["stage1"]["epochs"] == 2
+
+    config, run = cli.prepare_stage("train", preset="smoke", run_name="r2", overrides=["train.stage1.epochs=5"], force=True)
+    assert json.loads(run.config.read_text())["config"]["train"]["stage1"]["epochs"] == 5
+
+
+def _stage_notebook(folder, code):
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('preset = "demo"\nrun_name = ""\ndevice = "auto"\noverrides = []\nforce = False',
+                                  metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(code)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, folder / "01_data.ipynb")
+
+
+def test_user_error_in_stage_is_one_line(tmp_path, capsys):
+    _stage_notebook(tmp_path, "from biovita_nb.config import ConfigError\nraise ConfigError('data.recordings_table is missing')")
+    status = cli.main(["data", "--preset", "smoke", "--notebooks", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert "biovita data: data.recordings_table is missing" in error
+    assert "Traceback" not in error
+
+
+def test_failing_stage_names_executed_notebook(tmp_path, capsys):
+    _stage_notebook(tmp_path, "raise ValueError('broken input')")
+    status = cli.main(["data", "--preset", "smoke", "--notebooks", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert status == 1
+    assert "stage data failed: ValueError: broken input" in error
+    assert "notebooks/01_data.ipynb" in error
+
+
+def test_stage_warnings_reach_terminal(tmp_path, capsys):
+    code = ("from biovita_nb.config import run_paths, setup_logging\n"
+            "import logging\n"
+            "setup_logging('INFO', run_paths(run_name).logs / 'data.log')\n"
+            "logging.getLogger('biovita_nb.data').warning('2 recording download(s) failed')\n"
+            "logging.getLogger('biovita_nb.data').info('Manifest is complete and up to date')\n"
+            "logging.getLogger('biovita_nb.data').info('ordinary progress line')\n")
+    _stage_notebook(tmp_path, code)
+    assert cli.main(["data", "--preset", "smoke", "--notebooks", str(tmp_path)]) == 0
+    output = capsys.readouterr().out
+    assert "WARNING biovita_nb.data: 2 recording download(s) failed" in output
+    assert "up to date" in output
+    assert "ordinary progress line" not in output
