@@ -7,7 +7,6 @@ Docs: https://biovita-nb.github.io/biovita-nb/benchmark.html.md"""
 # %% ../nbs/04_benchmark.ipynb #fa382ffe
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import contextlib
 import hashlib
@@ -25,8 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import (ConfigError, RunPaths, complete_stage, derive_seed, load_config, resolve_device,
-                               resolve_precision, run_paths, setup_logging, stage_complete, write_json_atomic)
+from .config import (ConfigError, RunPaths, complete_stage, derive_seed, resolve_device, resolve_precision,
+                               run_paths, setup_logging, write_json_atomic)
 
 # %% auto #0
 __all__ = ['logger', 'LEVELS', 'MODALITIES', 'DIRECTIONS', 'SPLITS', 'TEXT_FIELD_OF_NAME', 'TASK_COLUMNS', 'TIE_BREAKS',
@@ -1296,27 +1295,14 @@ def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = Fals
 # %% ../nbs/04_benchmark.ipynb #2a478ae7
 def main(argv: Sequence[str] | None = None) -> int:
     """Build, extract and score a run's benchmark from the command line (also under `torchrun`)."""
-    parser = argparse.ArgumentParser(prog="python -m biovita_nb.benchmark",
-                                     description="Build the benchmark of a run whose data stage has finished, extract "
-                                                 "features for the preset's models and score them.")
-    parser.add_argument("--preset", default="demo", help="preset name (smoke, demo, paper) or YAML file")
-    # Not `--run`: torchrun would take it for an abbreviation of its own `--run-path`.
-    parser.add_argument("--run-name", default="", help="run name under runs/ (default: the preset name)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="change one preset setting, for example benchmark.batch_size=64 (repeatable)")
-    parser.add_argument("--force", action="store_true", help="rebuild the benchmark and extract features again")
+    from biovita_nb.train import entry_point_parser, entry_point_run, setup_distributed
+
+    parser = entry_point_parser("python -m biovita_nb.benchmark", "Build the benchmark of a run whose data stage has "
+                                "finished, extract features for the preset's models and score them.",
+                                "rebuild the benchmark and extract features again")
     args = parser.parse_args(argv)
 
-    from biovita_nb.train import setup_distributed
-
-    config = load_config(args.preset, args.override)
-    if args.device != "auto":
-        config["device"] = args.device
-    run = run_paths(args.run_name or Path(str(args.preset)).stem)
-    if not stage_complete(run, "data"):
-        parser.error(f"the data stage of run {run.name!r} has not finished ({run.root}): run `biovita data "
-                     f"--preset {args.preset} --run {run.name}` first.")
+    config, run = entry_point_run(parser, args)
     context = setup_distributed(config["device"], config["precision"])
     entries = run_benchmark_stage(config, run, force=args.force)
     if context.is_main:

@@ -43,7 +43,7 @@ __all__ = ['logger', 'NO_DECAY_MARKERS', 'ABLATIONS', 'TRAINING_RUNS', 'TrainCon
            'PaperSchedule', 'stage_config', 'stage_schedules', 'capture_rng', 'restore_rng', 'CheckpointStore',
            'MetricsLog', 'Position', 'train_step', 'measure_atc', 'EvalSet', 'retrieval_check', 'StageRunner',
            'training_runs', 'save_final', 'ShardSampler', 'TrainingData', 'build_eval_set', 'train_run',
-           'run_train_stage', 'training_summary', 'main']
+           'run_train_stage', 'training_summary', 'entry_point_parser', 'entry_point_run', 'main']
 
 # %% ../nbs/03_train.ipynb #72874faa
 logger = logging.getLogger("biovita_nb.train")  # also when the stage notebook runs these cells as __main__
@@ -986,21 +986,21 @@ def training_summary(run: str | RunPaths, names: Iterable[str] | None = None) ->
     return summary
 
 # %% ../nbs/03_train.ipynb #4d272e69
-def main(argv: Sequence[str] | None = None) -> int:
-    """Train the runs of a preset from the command line (also under `torchrun`)."""
-    parser = argparse.ArgumentParser(prog="python -m biovita_nb.train",
-                                     description="Train stage 1, stage 2 and the preset's ablation runs of a run "
-                                                 "whose data stage has finished.")
+def entry_point_parser(prog: str, description: str, force_help: str) -> argparse.ArgumentParser:
+    """Build the argument parser shared by the `torchrun` entry points of training and benchmark."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--preset", default="demo", help="preset name (smoke, demo, paper) or YAML file")
     # Not `--run`: torchrun would take it for an abbreviation of its own `--run-path`.
     parser.add_argument("--run-name", default="", help="run name under runs/ (default: the preset name)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="change one preset setting, for example train.stage1.epochs=3 (repeatable)")
-    parser.add_argument("--force", action="store_true", help="train again runs whose final weights exist")
-    parser.add_argument("--resume", default="latest", help="latest, none, or the path of a checkpoint file")
-    args = parser.parse_args(argv)
+    parser.add_argument("--force", action="store_true", help=force_help)
+    return parser
 
+
+def entry_point_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict, RunPaths]:
+    """Resolve an entry point's configuration and run, exiting with a usage error before the data stage has run."""
     config = load_config(args.preset, args.override)
     if args.device != "auto":
         config["device"] = args.device
@@ -1008,6 +1008,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not stage_complete(run, "data"):
         parser.error(f"the data stage of run {run.name!r} has not finished ({run.root}): run `biovita data "
                      f"--preset {args.preset} --run {run.name}` first.")
+    return config, run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train the runs of a preset from the command line (also under `torchrun`)."""
+    parser = entry_point_parser("python -m biovita_nb.train", "Train stage 1, stage 2 and the preset's ablation runs "
+                                "of a run whose data stage has finished.", "train again runs whose final weights exist")
+    parser.add_argument("--resume", default="latest", help="latest, none, or the path of a checkpoint file")
+    args = parser.parse_args(argv)
+
+    config, run = entry_point_run(parser, args)
     finals = run_train_stage(config, run, force=args.force, resume=args.resume)
     if distributed_world()[0] == 0:
         complete_stage("train", run, {"final": {name: str(path) for name, path in finals.items()}})

@@ -91,7 +91,8 @@ def test_candidates_follow_the_rules(built, direction):
                     assert all(len(g) == 1 for g in groups)
                 else:
                     assert [sorted(g) for g in groups] == [items_of[t] for t in taxa]
-                assert row.task == direction and row.taxon_level == level
+                assert row.task == direction
+                assert row.taxon_level == level
             query = index[query_modality]
             query = query[(query["species_set"] == split) & (query[level] != "") & query[level].isin(pool)]
             expected = query[level].nunique() if query_modality == "text" else len(query)
@@ -111,7 +112,8 @@ def test_small_pools_use_every_taxon_and_say_so(built):
     _, benchmark = built
     scenario = next(s for s in benchmark.info["scenarios"]
                     if (s["split"], s["level"], s["direction"]) == ("unseen", "species", "A2T"))
-    assert scenario["n_taxa"] == 12 and scenario["n_candidates"] == 12
+    assert scenario["n_taxa"] == 12
+    assert scenario["n_candidates"] == 12
     assert "only 12 taxa" in scenario["note"]
 
 
@@ -143,7 +145,8 @@ def test_genus_only_item_counts_at_genus_level(tmp_path: Path):
     item_id = manifest["recordings"].loc[0, "item_id"]
     species_queries = rows_of(benchmark, "seen", "species", "A2T")["query_id"]
     genus_queries = rows_of(benchmark, "seen", "genus", "A2T")["query_id"]
-    assert item_id not in set(species_queries) and item_id in set(genus_queries)
+    assert item_id not in set(species_queries)
+    assert item_id in set(genus_queries)
 
 
 def test_time_split_stretches_are_separate_items(tmp_path: Path):
@@ -172,7 +175,9 @@ def test_zero_query_scenario_scores_as_none(tmp_path: Path):
     task = benchmark.task("unseen", "species", "A2I")
     assert task.n_queries == 0
     result = score_task(task, [], np.zeros((0, 4), np.float32), [], np.zeros((0, 4), np.float32))
-    assert result["n_queries"] == 0 and result["top1"] is None and result["top10"] is None
+    assert result["n_queries"] == 0
+    assert result["top1"] is None
+    assert result["top10"] is None
 
 
 def test_rebuild_reuses_or_forces(tmp_path: Path):
