@@ -182,10 +182,10 @@ def ablation_table(results: pd.DataFrame, split: str = "seen", level: str = "spe
     return pd.DataFrame(rows, columns=["setting", "source", *DIRECTIONS, "avg"])
 
 
-def text_name_table(results: pd.DataFrame, split: str = "seen", models: Sequence[str] = ("stage1", "stage2")) -> pd.DataFrame:
-    """Compare species-level Top-1 with common-name text against scientific-name text."""
+def text_name_table(results: pd.DataFrame, split: str = "seen", models: Sequence[str] | None = None) -> pd.DataFrame:
+    """Compare species-level Top-1 with common-name text against scientific-name text (default: every model)."""
     rows = []
-    for model in models:
+    for model in models or [m for m in MODEL_LABELS if m in set(results["model"])]:
         for text in ("common", "scientific"):
             subset = results[(results["model"] == model) & (results["split"] == split)
                              & (results["level"] == "species") & (results["text"] == text)]
