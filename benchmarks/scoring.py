@@ -8,7 +8,7 @@
    per-query loop (one query and one candidate at a time, as a reference implementation would)
    scores a subset, and its per-query time is multiplied out to the full benchmark. The loop's
    ranks are checked against the vectorised ones on that subset.
-2. Peak memory of the vectorised scorer (tracemalloc, which sees NumPy's allocations) on one
+2. Peak memory of the vectorised scorer (tracemalloc, which tracks NumPy's allocations) on one
    scenario, and on one task against a large memory-mapped float16 gallery, where chunking keeps
    it near `block_mb` whatever the gallery size.
 3. Loading features: one memory-mapped array plus its id index (the feature store) against one

@@ -8,6 +8,7 @@ Docs: https://biovita-nb.github.io/biovita-nb/audio.html.md"""
 # %% ../nbs/01b_audio.ipynb #4bde4e55
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -164,8 +165,9 @@ def _frame_to_float(frame: av.AudioFrame) -> np.ndarray:
 _PYAV_PREROLL_S = 1.0
 
 
-def _decode_pyav(path: Path, start_s: float, duration_s: float | None, seek: bool = True) -> _Decoded:
-    """Decode a window with PyAV (FFmpeg): seek before it and trim to the exact samples by timestamp."""
+@contextlib.contextmanager
+def _open_pyav_audio(path: Path):
+    """Open a file with PyAV and yield it with its first audio stream, or raise `AudioDecodeError`."""
     try:
         container = av.open(str(path))
     except av.FFmpegError as error:
@@ -176,6 +178,12 @@ def _decode_pyav(path: Path, start_s: float, duration_s: float | None, seek: boo
         stream = container.streams.audio[0]
         if stream.codec_context is None:
             raise AudioDecodeError(path, "unsupported audio codec: neither libsndfile nor FFmpeg can decode it")
+        yield container, stream
+
+
+def _decode_pyav(path: Path, start_s: float, duration_s: float | None, seek: bool = True) -> _Decoded:
+    """Decode a window with PyAV (FFmpeg): seek before it and trim to the exact samples by timestamp."""
+    with _open_pyav_audio(path) as (container, stream):
         sample_rate = stream.codec_context.sample_rate or stream.rate
         start, count = _frame_range(sample_rate, start_s, duration_s)
         header_frames = (int(round(float(stream.duration * stream.time_base) * sample_rate))
@@ -304,14 +312,7 @@ class AudioInfo:
 
 
 def _info_pyav(path: Path) -> AudioInfo:
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as error:
-        raise AudioDecodeError(path, f"neither libsndfile nor FFmpeg recognise the format ({error})") from error
-    with container:
-        if not container.streams.audio:
-            raise AudioDecodeError(path, "the file has no audio stream")
-        stream = container.streams.audio[0]
+    with _open_pyav_audio(path) as (container, stream):
         context = stream.codec_context
         rate = context.sample_rate or stream.rate
         if stream.duration and stream.time_base:

@@ -255,18 +255,21 @@ class ImageTextTower:
         return int(self.open_clip_config["model_cfg"]["embed_dim"])
 
 
+def _config_folder(source: TowerSource, tiny_folder: str, config_name: str) -> tuple[Path, str | None]:
+    """Return the folder that contains a tower's configuration file (fetched from the Hub if needed) and its Hub commit."""
+    if source.kind == TINY_RANDOM:
+        return MODEL_CONFIGS_DIR / tiny_folder, None
+    if source.kind == "local":
+        return source.path, None
+    folder = fetch_hub_files(source.repo_id, source.revision, [config_name])
+    return folder, folder.name
+
+
 def open_clip_source(source: TowerSource) -> tuple[str, dict, str | None]:
     """Return the open_clip model name that builds `source`, its open_clip configuration and its Hub commit."""
     if source.kind == FULL_SIZE_RANDOM:
         return FULL_SIZE_OPEN_CLIP, {"model_cfg": open_clip.get_model_config(FULL_SIZE_OPEN_CLIP), "preprocess_cfg": {}}, None
-    commit = None
-    if source.kind == TINY_RANDOM:
-        folder = MODEL_CONFIGS_DIR / "tiny-random-clip"
-    elif source.kind == "local":
-        folder = source.path
-    else:
-        folder = fetch_hub_files(source.repo_id, source.revision, [OPEN_CLIP_CONFIG_NAME])
-        commit = folder.name
+    folder, commit = _config_folder(source, "tiny-random-clip", OPEN_CLIP_CONFIG_NAME)
     config_path = folder / OPEN_CLIP_CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: an image-text tower folder needs open_clip's configuration "
@@ -324,14 +327,7 @@ def clap_source(source: TowerSource) -> tuple[Path | None, ClapConfig, str | Non
         # NOTE: transformers' defaults stand in for the Hub file here. They describe the HTS-AT and
         # RoBERTa geometry of the LAION CLAP checkpoints, but were not compared with the Hub config.
         return None, ClapConfig(), None
-    commit = None
-    if source.kind == TINY_RANDOM:
-        folder = MODEL_CONFIGS_DIR / "tiny-random-clap"
-    elif source.kind == "local":
-        folder = source.path
-    else:
-        folder = fetch_hub_files(source.repo_id, source.revision, [CLAP_CONFIG_NAME])
-        commit = folder.name
+    folder, commit = _config_folder(source, "tiny-random-clap", CLAP_CONFIG_NAME)
     config_path = folder / CLAP_CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: an audio tower folder needs the config.json of a ClapModel.")

@@ -225,6 +225,17 @@ def _decay_groups(name: str, named: Sequence[tuple[str, nn.Parameter]], lr: floa
     ]
 
 
+def _add_weighted_terms(loss: torch.Tensor, record: dict, terms: Mapping[str, torch.Tensor],
+                        weights: Mapping[str, float]) -> torch.Tensor:
+    """Record each optional loss term that was computed and add it to `loss` when its weight is positive."""
+    for term, weight in weights.items():
+        if term in terms:
+            record[term] = terms[term].item()
+            if weight > 0:
+                loss = loss + weight * terms[term]
+    return loss
+
+
 def _scale_bounds(bounds: Sequence[float]) -> tuple[float, float]:
     low, high = (float(b) for b in bounds)
     if not 0 < low < high:
@@ -313,11 +324,7 @@ class Phase2Schedule(Schedule):
         loss = atc + guard
         record = {"atc": atc.item(), "guard": guard.item(), "lambda_av": lambda_av, "lambda_vt": lambda_vt,
                   "gate": int(gate_on), "gate_ema": self.gate.ema, "gate_baseline": self.gate.baseline}
-        for term, weight in (("aic", lambda_av), ("itc", lambda_vt)):
-            if term in terms:
-                record[term] = terms[term].item()
-                if weight > 0:
-                    loss = loss + weight * terms[term]
+        loss = _add_weighted_terms(loss, record, terms, {"aic": lambda_av, "itc": lambda_vt})
         return loss, record
 
     def state_dict(self):
@@ -355,11 +362,7 @@ class PaperSchedule(Schedule):
         lambda_vt = linear_ramp(step, self.ramp_steps, self.itc_max) if "itc" in terms else 0.0
         loss = terms["atc"]
         record = {"atc": terms["atc"].item(), "lambda_av": lambda_av, "lambda_vt": lambda_vt}
-        for term, weight in (("aic", lambda_av), ("itc", lambda_vt)):
-            if term in terms:
-                record[term] = terms[term].item()
-                if weight > 0:
-                    loss = loss + weight * terms[term]
+        loss = _add_weighted_terms(loss, record, terms, {"aic": lambda_av, "itc": lambda_vt})
         return loss, record
 
 # %% ../nbs/03_train.ipynb #3bcec30d

@@ -34,7 +34,7 @@ class FaultServer:
     /flaky/<name>     500 on the first request of that path, then 200
     /drop/<name>      Content-Length of the whole file, half the body, then the connection closes
     /drop-once/<name> like /drop on the first request, then 200
-    /slow/<name>      waits `slow_s` before answering
+    /slow/<name>      waits `slow_s` before responding
     /html/<name>      200 with an HTML error page
     /stream/<name>    200 without Content-Length, the body streamed until the connection closes
     /to-file/<name>   302 to a file:// URL
