@@ -222,6 +222,45 @@ def _group_layout(task: Task, target_rows: np.ndarray, target_present: np.ndarra
     counts = present_before[task.group_offsets[1:]] - present_before[task.group_offsets[:-1]]
     return target_rows[target_present], np.r_[0, np.cumsum(counts)].astype(np.int64)
 
+# %% ../nbs/04_benchmark.ipynb #bc87caf5
+@dataclass
+class _SlotLayout:
+    """Row order of a block of grouped items for `_segment_max`, and the group of each output row."""
+    order: np.ndarray        # positions of the block's items in slot order
+    groups: np.ndarray       # group id of each output row (groups sorted by size, largest first)
+    slot_sizes: np.ndarray   # rows in each slot; slot k contains item k of the first slot_sizes[k] groups
+    tail_sizes: np.ndarray   # items past the last slot, for the first len(tail_sizes) groups
+
+
+def _slot_layout(groups: np.ndarray, max_slots: int = 64) -> _SlotLayout:
+    """Lay out items whose group ids come in contiguous runs slot by slot (see above)."""
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    sizes = np.diff(np.r_[starts, len(groups)])
+    by_size = np.argsort(-sizes, kind="stable")
+    rank = np.empty_like(by_size)
+    rank[by_size] = np.arange(len(by_size))
+    segment = np.repeat(np.arange(len(starts)), sizes)
+    slot = np.minimum(np.arange(len(groups)) - starts[segment], max_slots)
+    order = np.argsort(slot * len(starts) + rank[segment], kind="stable")
+    counts = np.bincount(slot, minlength=max_slots + 1)
+    sorted_sizes = sizes[by_size]
+    return _SlotLayout(order=order, groups=groups[starts][by_size], slot_sizes=counts[:max_slots][counts[:max_slots] > 0],
+                       tail_sizes=sorted_sizes[sorted_sizes > max_slots] - max_slots)
+
+
+def _segment_max(similarity: np.ndarray, layout: _SlotLayout) -> np.ndarray:
+    """Return (groups, queries) maxima of an (items, queries) block whose rows are in `layout`'s slot order."""
+    first = layout.slot_sizes[0]
+    result = similarity[:first].copy()
+    row = first
+    for size in layout.slot_sizes[1:]:
+        np.maximum(result[:size], similarity[row:row + size], out=result[:size])
+        row += size
+    for index, size in enumerate(layout.tail_sizes):
+        np.maximum(result[index], similarity[row:row + size].max(axis=0), out=result[index])
+        row += size
+    return result
+
 # %% ../nbs/04_benchmark.ipynb #5aa3b174
 def _candidate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.ndarray, target_rows: np.ndarray,
                       offsets: np.ndarray, candidates: np.ndarray, block_bytes: int) -> np.ndarray:
@@ -233,26 +272,28 @@ def _candidate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.n
     dim = queries.shape[1]
     query_chunk = int(max(1, min(n_queries, block_bytes // (8 * 4 * dim))))
     item_chunk = int(max(1, block_bytes // (2 * 4 * (dim + query_chunk))))  # half the budget: similarities and items
-    cached = _gather(targets, target_rows, "target") if n_items <= item_chunk else None
     group_of_item = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    item_blocks = [(i0, _slot_layout(group_of_item[i0:i0 + item_chunk])) for i0 in range(0, n_items, item_chunk)]
+    cached = None
+    if len(item_blocks) == 1:
+        cached = _gather(targets, target_rows[item_blocks[0][1].order], "target")
 
     for q0 in range(0, n_queries, query_chunk):
         block_queries = _gather(queries, query_rows[q0:q0 + query_chunk], "query")
         block_candidates = candidates[q0:q0 + query_chunk]
         block_scores = scores[q0:q0 + query_chunk]
-        for i0 in range(0, n_items, item_chunk):
-            items = cached if cached is not None else _gather(targets, target_rows[i0:i0 + item_chunk], "target")
-            similarity = block_queries @ items.T                        # (queries, items)
-            groups = group_of_item[i0:i0 + len(items)]
-            starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
-            group_max = np.maximum.reduceat(similarity, starts, axis=1)  # (queries, groups in block)
-            _scatter_max(block_scores, block_candidates, groups[starts], group_max)
+        for i0, layout in item_blocks:
+            items = cached if cached is not None else _gather(targets, target_rows[i0 + layout.order], "target")
+            group_max = _segment_max(items @ block_queries.T, layout)     # (groups in block, queries)
+            _scatter_max(block_scores, block_candidates, layout.groups, group_max)
     return scores
 
 
 def _gather(array: np.ndarray, rows: np.ndarray, role: str) -> np.ndarray:
-    """Copy `array[rows]` as float32 and check that it is finite."""
-    block = np.asarray(array[np.asarray(rows)], dtype=np.float32)
+    """Return `array[rows]` as float32 (a view when the rows are a contiguous range) and check that it is finite."""
+    rows = np.asarray(rows)
+    contiguous = len(rows) > 0 and rows[-1] - rows[0] == len(rows) - 1 and bool((np.diff(rows) == 1).all())
+    block = np.asarray(array[rows[0]:rows[-1] + 1] if contiguous else array[rows], dtype=np.float32)
     if not np.isfinite(block).all():
         bad = np.asarray(rows)[~np.isfinite(block).all(axis=1)]
         raise ValueError(f"Non-finite {role} embeddings in rows {bad[:10].tolist()}: these items have no valid "
@@ -261,13 +302,16 @@ def _gather(array: np.ndarray, rows: np.ndarray, role: str) -> np.ndarray:
 
 
 def _scatter_max(scores: np.ndarray, candidates: np.ndarray, block_groups: np.ndarray, group_max: np.ndarray) -> None:
-    """Raise `scores[q, c]` to `group_max[q, j]` where candidate c of query q is group `block_groups[j]`."""
-    n_segments = group_max.shape[1]
-    # Candidates outside this block (and the -1 padding, which indexes the last entry) read a column of -inf.
-    segment_of_group = np.full(int(max(candidates.max(initial=0), block_groups[-1])) + 2, n_segments, dtype=np.int64)
+    """Raise `scores[q, c]` to `group_max[j, q]` where candidate c of query q is group `block_groups[j]`."""
+    n_segments, n_queries = group_max.shape
+    # Candidates outside this block (and the -1 padding, which indexes the last entry) read a row of -inf.
+    segment_of_group = np.full(int(max(candidates.max(initial=0), block_groups.max())) + 2, n_segments, dtype=np.int64)
     segment_of_group[block_groups] = np.arange(n_segments)
-    padded = np.concatenate([group_max, np.full((len(group_max), 1), -np.inf, dtype=group_max.dtype)], axis=1)
-    np.maximum(scores, np.take_along_axis(padded, segment_of_group[candidates], axis=1), out=scores)
+    padded = np.concatenate([group_max, np.full((1, n_queries), -np.inf, dtype=group_max.dtype)])
+    flat = segment_of_group.take(candidates)
+    flat *= n_queries
+    flat += np.arange(n_queries)[:, None]
+    np.maximum(scores, padded.ravel().take(flat), out=scores)
 
 # %% ../nbs/04_benchmark.ipynb #1d72b18d
 TIE_BREAKS = ("pessimistic", "first")
@@ -279,9 +323,21 @@ def _ranks(scores: np.ndarray, candidates: np.ndarray, correct: np.ndarray, tie_
         raise ValueError(f"Invalid tie_break {tie_break!r}: choose one of {', '.join(TIE_BREAKS)}.")
     if scores.size == 0:
         return np.zeros(len(scores), dtype=np.int64), np.zeros(len(scores), dtype=np.int64)
-    valid = candidates >= 0
     rows = np.arange(len(scores))
     truth = scores[rows, correct][:, None]
+    padding = candidates < 0
+    if tie_break == "pessimistic" and np.isfinite(truth).all() and (scores[padding] == -np.inf).all():
+        # Padding scores minus infinity, below any finite truth, so no mask is needed. The count of
+        # scores >= the truth includes the correct candidate itself, which is the 1 of the rank.
+        rank = (scores >= truth).sum(axis=1)
+        top = np.where(rank == 1, correct, scores.argmax(axis=1))
+        clash = np.flatnonzero((rank > 1) & (top == correct))  # the correct candidate ties for best, so report another one
+        if len(clash):
+            others = scores[clash].copy()
+            others[np.arange(len(clash)), correct[clash]] = -np.inf
+            top[clash] = others.argmax(axis=1)
+        return rank, top
+    valid = candidates >= 0
     greater = ((scores > truth) & valid).sum(axis=1)
     equal = (scores == truth) & valid
     equal[rows, correct] = False
@@ -315,7 +371,9 @@ def score_task(task: Task, query_ids: Sequence[int], query_embeddings: np.ndarra
 
     rows, offsets = _group_layout(task, target_rows, target_present)
     empty_after_drop = (np.diff(offsets) == 0) & (np.diff(task.group_offsets) > 0)
-    lost_group = (np.where(task.candidates >= 0, empty_after_drop[np.maximum(task.candidates, 0)], False)).any(axis=1)
+    lost_group = np.zeros(task.n_queries, dtype=bool)
+    if empty_after_drop.any():
+        lost_group = (np.where(task.candidates >= 0, empty_after_drop[np.maximum(task.candidates, 0)], False)).any(axis=1)
     skipped = {"correct_not_in_candidates": int((task.correct < 0).sum()),
                "missing_query_feature": int(((task.correct >= 0) & ~query_present).sum()),
                "missing_target_features": int(((task.correct >= 0) & query_present & lost_group).sum())}
@@ -352,23 +410,22 @@ def _summarise(task: Task, scored: np.ndarray, rank: np.ndarray, ks: Sequence[in
                   n_candidates_min=int(counts.min()) if len(counts) else 0)
     result["per_taxon"] = _grouped_accuracy(task.correct_taxa[scored], rank, ks)
     classes = task.taxon_classes[scored]
-    known = np.array([str(c) not in ("", "nan", "None") for c in classes], dtype=bool)
+    known = ~np.isin(classes.astype(str), ["", "nan", "None"])
     result["per_class"] = _grouped_accuracy(classes[known], rank[known], ks)
     return result
 
 
 def _grouped_accuracy(labels: np.ndarray, rank: np.ndarray, ks: Sequence[int]) -> dict[str, dict]:
-    """Return {label: {top<k>: percent, n_queries}} for each distinct label."""
+    """Return {label: {top<k>: percent, n_queries}} for each distinct label, labels in sorted order."""
     if len(labels) == 0:
         return {}
     names, inverse = np.unique(labels.astype(str), return_inverse=True)
     totals = np.bincount(inverse, minlength=len(names))
-    table = {}
-    hits = {k: np.bincount(inverse, weights=(rank <= k), minlength=len(names)) for k in ks}
-    for index, name in enumerate(names):
-        table[str(name)] = {**{f"top{k}": float(100.0 * hits[k][index] / totals[index]) for k in ks},
-                            "n_queries": int(totals[index])}
-    return table
+    percents = {f"top{k}": (100.0 * np.bincount(inverse, weights=(rank <= k), minlength=len(names)) / totals).tolist()
+                for k in ks}
+    columns = list(percents.values()) + [totals.tolist()]
+    keys = list(percents) + ["n_queries"]
+    return {str(name): dict(zip(keys, values)) for name, *values in zip(names.tolist(), *columns)}
 
 # %% ../nbs/04_benchmark.ipynb #02d17ae1
 def score_task_file(csv_path: str | os.PathLike, query_ids: Sequence[int], query_embeddings: np.ndarray,
