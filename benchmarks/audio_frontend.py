@@ -29,15 +29,17 @@ def best_seconds(runs: dict[str, Callable[[], object]], repeats: int,
                  synchronize: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Return the fastest of `repeats` timed runs of each callable, alternating between them.
 
-    Each callable runs once untimed first. Alternating the runs spreads any change in machine load over
-    all of them, so the ratios stay fair on a shared machine.
+    Alternating the runs spreads any change in machine load over all of them, so the ratios stay fair on
+    a shared machine. Each timed run follows an untimed run of the same callable. Otherwise the callable
+    timed right after another one pays for that one's work: memory that the allocator handed back to
+    the system and has to fault in again, and caches refilled with other data. In our runs this added
+    about half to the time of a 30-ms frontend call that followed the extractor.
     """
     timings: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():
-        run()
-        synchronize()
     for _ in range(repeats):
         for name, run in runs.items():
+            run()
+            synchronize()
             start = time.perf_counter()
             run()
             synchronize()

@@ -18,15 +18,16 @@ from typing import Sequence
 
 import av
 import numpy as np
+import scipy.fft
 import soundfile as sf
 import torch
 import torchaudio
 from torch import nn
 
 # %% auto #0
-__all__ = ['logger', 'CLIP_MODES', 'CLAP_HTSAT_UNFUSED_FEATURES', 'PADDING_MODES', 'AudioDecodeError', 'AudioInfo', 'audio_info',
-           'mix_to_mono', 'resample', 'load_audio', 'Clip', 'random_crop', 'onset_start', 'onset_crop', 'load_clip',
-           'reference_feature_extractor', 'slaney_mel_filters', 'ClapMelFrontend']
+__all__ = ['logger', 'CLIP_MODES', 'CLAP_HTSAT_UNFUSED_FEATURES', 'PADDING_MODES', 'CPU_CLIPS_PER_PASS', 'AudioDecodeError',
+           'AudioInfo', 'audio_info', 'mix_to_mono', 'resample', 'load_audio', 'Clip', 'random_crop', 'onset_start',
+           'onset_crop', 'load_clip', 'reference_feature_extractor', 'slaney_mel_filters', 'ClapMelFrontend']
 
 # %% ../nbs/01b_audio.ipynb #1f9ad95a
 logger = logging.getLogger(__name__)
@@ -513,6 +514,27 @@ def slaney_mel_filters(n_freqs: int, n_mels: int, sample_rate: int, f_min: float
 
 # %% ../nbs/01b_audio.ipynb #9bffcbbc
 PADDING_MODES = ("repeatpad", "repeat", "pad")
+CPU_CLIPS_PER_PASS = 4  # clips that `ClapMelFrontend` turns into features at once on the CPU
+
+
+def _rfft(frames: torch.Tensor) -> torch.Tensor:
+    """Return the real FFT over the last dimension, using every torch CPU thread for CPU tensors."""
+    if frames.device.type != "cpu" or frames.requires_grad or torch.get_num_threads() == 1:
+        return torch.fft.rfft(frames)
+    # torch's CPU FFT (MKL in the x86 wheels) ran on one thread in our measurements with torch 2.11.
+    # scipy.fft splits the frames over `workers` threads, and its results differ only by rounding.
+    return torch.from_numpy(scipy.fft.rfft(frames.numpy(), axis=-1, workers=torch.get_num_threads()))
+
+
+def _mel_power(spectrum: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """Return the mel band powers `|spectrum|^2 @ filters` in one matrix product.
+
+    The real and imaginary parts of each bin sit side by side in memory, so squaring them and multiplying by
+    the filter rows repeated twice adds re^2 and im^2 inside the product, without a separate power tensor.
+    """
+    squares = torch.view_as_real(spectrum).flatten(-2).square()
+    return squares @ filters.repeat_interleave(2, dim=0)
+
 
 
 class ClapMelFrontend(nn.Module):
@@ -550,7 +572,12 @@ class ClapMelFrontend(nn.Module):
         dtype = torch.float64 if self.mel_filters.dtype == torch.float64 else torch.float32
         batch = self._fit_lengths(waveforms, lengths, dtype)
         with torch.autocast(device_type=batch.device.type, enabled=False):
-            log_mel = self._log_mel(batch)
+            if batch.device.type == "cpu" and len(batch) > CPU_CLIPS_PER_PASS:
+                # A few clips at a time on the CPU, so that the frames and spectra (about 4 MB per clip each
+                # in float32) take tens of MB whatever the batch size, rather than gigabytes for large batches.
+                log_mel = torch.cat([self._log_mel(part) for part in batch.split(CPU_CLIPS_PER_PASS)])
+            else:
+                log_mel = self._log_mel(batch)
         return log_mel.unsqueeze(1).to(self.mel_filters.dtype)
 
     def _fit_one(self, wave: torch.Tensor) -> torch.Tensor:
@@ -587,12 +614,13 @@ class ClapMelFrontend(nn.Module):
     def _log_mel(self, batch: torch.Tensor) -> torch.Tensor:
         """Compute (batch, frames, n_mels) log-mel features in dB from (batch, max_samples) waveforms."""
         frames = self._frames(batch)
-        window = torch.hann_window(self.n_fft, periodic=True, dtype=batch.dtype, device=batch.device)
-        spectrum = torch.fft.rfft(frames * window)
-        power = spectrum.real.square() + spectrum.imag.square()
-        mel = power[..., : self.used_bins] @ self.mel_filters[: self.used_bins].to(batch.dtype)
+        windowed = frames * torch.hann_window(self.n_fft, periodic=True, dtype=batch.dtype, device=batch.device)
+        spectrum = _rfft(windowed)[..., : self.used_bins]
+        mel = _mel_power(spectrum, self.mel_filters[: self.used_bins].to(batch.dtype))
         if batch.dtype != torch.float64 and self.refine_below > 0:
-            mel = self._refine(frames, power.sum(dim=-1), mel)
+            # Half the frame's full-spectrum energy, by Parseval's theorem: about the sum over the rfft bins.
+            energy = torch.linalg.vector_norm(windowed, dim=-1).square() * (self.n_fft / 2)
+            mel = self._refine(frames, energy, mel)
         return 10.0 * torch.log10(mel.clamp(min=1e-10))
 
     def _frames(self, batch: torch.Tensor) -> torch.Tensor:
@@ -603,13 +631,14 @@ class ClapMelFrontend(nn.Module):
 
     def _refine(self, frames: torch.Tensor, energy: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         """Recompute in float64 the frames whose quietest mel band is below `refine_below` of their energy."""
-        suspect = mel.amin(dim=-1) < self.refine_below * energy
+        # Bands below the 1e-10 floor count as the floor: they end up at -100 dB either way, unless the
+        # frame's energy is large enough that float32 rounding could lift them above it.
+        suspect = mel.amin(dim=-1).clamp(min=1e-10) < self.refine_below * energy
         if not bool(suspect.any()):
             return mel
         rows, columns = suspect.nonzero(as_tuple=True)
         window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float64, device=frames.device)
-        spectrum = torch.fft.rfft(frames[rows, columns].to(torch.float64) * window)[:, : self.used_bins]
-        power = spectrum.real.square() + spectrum.imag.square()
-        exact = power @ self.mel_filters[: self.used_bins].to(torch.float64)
+        spectrum = _rfft(frames[rows, columns].to(torch.float64) * window)[:, : self.used_bins]
+        exact = _mel_power(spectrum, self.mel_filters[: self.used_bins].to(torch.float64))
         mel[rows, columns] = exact.to(mel.dtype)  # `mel` is this call's own product, so it is updated in place
         return mel

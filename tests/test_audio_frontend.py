@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from biovita_nb.audio import ClapMelFrontend, load_clip, reference_feature_extractor
+from biovita_nb.audio import ClapMelFrontend, _mel_power, _rfft, load_clip, reference_feature_extractor
 from biovita_nb.config import sample_dir
 
 SAMPLE = sample_dir()
@@ -139,3 +139,37 @@ def test_cuda_matches_extractor(sample_clips, expected):
     assert float((features64 - expected.double()).abs().max()) < 1e-4
     assert float((difference32 > 1e-3).double().mean()) < 1e-3
     assert float(difference32.max()) < 5e-3
+
+
+def test_cpu_fft_matches_torch_fft():
+    frames = torch.randn(3, 50, 1024, dtype=torch.float64)
+    for dtype in (torch.float32, torch.float64):
+        ours = _rfft(frames.to(dtype))
+        assert ours.dtype == torch.fft.rfft(frames.to(dtype)).dtype
+        scale = float(torch.fft.rfft(frames).abs().max())
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+        assert float((ours.to(torch.complex128) - torch.fft.rfft(frames)).abs().max()) < tolerance * scale
+
+
+def test_single_thread_and_autograd_paths_agree(sample_clips):
+    clip = sample_clips["audio/coyote.mp3:onset"]
+    reference = ClapMelFrontend()(clip)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = ClapMelFrontend()(clip)
+    finally:
+        torch.set_num_threads(threads)
+    wave = clip.clone().requires_grad_(True)
+    tracked = ClapMelFrontend()(wave)
+    tracked.sum().backward()
+    assert float((single - reference).abs().max()) < 1e-3
+    assert float((tracked.detach() - reference).abs().max()) < 1e-3
+    assert wave.grad is not None and bool(torch.isfinite(wave.grad).all())
+
+
+def test_mel_power_matches_magnitude_product():
+    spectrum = torch.randn(4, 7, 30, dtype=torch.complex64)
+    filters = torch.rand(30, 5)
+    expected = (spectrum.abs().square()) @ filters
+    assert torch.allclose(_mel_power(spectrum, filters), expected, rtol=1e-5, atol=1e-6)
