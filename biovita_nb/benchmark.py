@@ -276,29 +276,41 @@ def _candidate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.n
     item_blocks = [(i0, _slot_layout(group_of_item[i0:i0 + item_chunk])) for i0 in range(0, n_items, item_chunk)]
     cached = None
     if len(item_blocks) == 1:
-        cached = _gather(targets, target_rows[item_blocks[0][1].order], "target")
+        cached = _gather(targets, target_rows[item_blocks[0][1].order])
 
     for q0 in range(0, n_queries, query_chunk):
-        block_queries = _gather(queries, query_rows[q0:q0 + query_chunk], "query")
+        block_rows = query_rows[q0:q0 + query_chunk]
+        block_queries = _gather(queries, block_rows)
         block_candidates = candidates[q0:q0 + query_chunk]
         block_scores = scores[q0:q0 + query_chunk]
         for i0, layout in item_blocks:
-            items = cached if cached is not None else _gather(targets, target_rows[i0 + layout.order], "target")
-            group_max = _segment_max(items @ block_queries.T, layout)     # (groups in block, queries)
+            item_rows = target_rows[i0 + layout.order]
+            items = cached if cached is not None else _gather(targets, item_rows)
+            with np.errstate(invalid="ignore", over="ignore"):  # non-finite results are checked just below
+                similarity = items @ block_queries.T                        # (items, queries)
+            # A NaN or infinity in an embedding makes its whole row (item) or column (query) non-finite.
+            # So the first column and row reveal one, and only then are the embeddings searched row by row.
+            if not (np.isfinite(similarity[:, 0]).all() and np.isfinite(similarity[0]).all()):
+                _check_finite(items, item_rows, "target")
+                _check_finite(block_queries, block_rows, "query")
+            group_max = _segment_max(similarity, layout)                  # (groups in block, queries)
             _scatter_max(block_scores, block_candidates, layout.groups, group_max)
     return scores
 
 
-def _gather(array: np.ndarray, rows: np.ndarray, role: str) -> np.ndarray:
-    """Return `array[rows]` as float32 (a view when the rows are a contiguous range) and check that it is finite."""
+def _gather(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Return `array[rows]` as float32, a view when the rows are a contiguous range of a float32 array."""
     rows = np.asarray(rows)
     contiguous = len(rows) > 0 and rows[-1] - rows[0] == len(rows) - 1 and bool((np.diff(rows) == 1).all())
-    block = np.asarray(array[rows[0]:rows[-1] + 1] if contiguous else array[rows], dtype=np.float32)
-    if not np.isfinite(block).all():
-        bad = np.asarray(rows)[~np.isfinite(block).all(axis=1)]
-        raise ValueError(f"Non-finite {role} embeddings in rows {bad[:10].tolist()}: these items have no valid "
-                         "feature; re-extract them or score with on_missing='skip'.")
-    return block
+    return np.asarray(array[rows[0]:rows[-1] + 1] if contiguous else array[rows], dtype=np.float32)
+
+
+def _check_finite(block: np.ndarray, rows: np.ndarray, role: str) -> None:
+    """Raise a ValueError naming the rows of `block` (embedding rows `rows`) that contain a NaN or an infinity."""
+    bad = ~np.isfinite(block).all(axis=1)
+    if bad.any():
+        raise ValueError(f"Non-finite {role} embeddings in rows {np.asarray(rows)[bad][:10].tolist()}: these items "
+                         "have no valid feature; re-extract them or score with on_missing='skip'.")
 
 
 def _scatter_max(scores: np.ndarray, candidates: np.ndarray, block_groups: np.ndarray, group_max: np.ndarray) -> None:

@@ -203,13 +203,26 @@ def test_missing_ids_skipped_and_counted():
     assert result["n_queries"] == int((~uses_lost & query_keep).sum())
 
 
-def test_non_finite_features_rejected():
+@pytest.mark.parametrize("role, row, column, value", [("target", 4, slice(None), np.nan), ("target", 7, 3, np.inf),
+                                                      ("target", 0, 0, -np.inf), ("query", 5, 2, np.inf),
+                                                      ("query", 0, slice(None), np.nan)])
+@pytest.mark.parametrize("block_mb", [256, 0.02])
+def test_non_finite_features_rejected(role, row, column, value, block_mb):
     task = random_task(9)
     rng = np.random.default_rng(9)
     queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
-    targets[4] = np.nan
-    with pytest.raises(ValueError, match="Non-finite target embeddings"):
-        score_task(task, task.query_payload_ids, queries, task.group_items, targets)
+    (targets if role == "target" else queries)[row, column] = value
+    with pytest.raises(ValueError, match=rf"Non-finite {role} embeddings in rows \[{row}\]"):
+        score_task(task, task.query_payload_ids, queries, task.group_items, targets, block_mb=block_mb)
+
+
+def test_overflowing_similarities_are_not_rejected():
+    task = random_task(9)
+    rng = np.random.default_rng(9)
+    queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+    targets[4] = 1e30  # finite, but its products with the queries overflow float32
+    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets)
+    assert result["n_queries"] == task.n_queries
 
 
 def test_mismatched_widths_rejected():
