@@ -601,15 +601,32 @@ class ClapMelFrontend(nn.Module):
             raise ValueError(f"ClapMelFrontend expects waveforms shaped (batch, samples), got {tuple(waveforms.shape)}; "
                              "mix channels to mono first (mix_to_mono).")
         if isinstance(waveforms, torch.Tensor) and lengths is None and waveforms.shape[1] == self.max_samples:
-            return waveforms.to(device=device, dtype=dtype)
+            return self._checked(waveforms).to(device=device, dtype=dtype)
 
         rows = [torch.as_tensor(row) for row in waveforms]
+        if not rows:
+            raise ValueError("ClapMelFrontend received no waveforms; pass at least one clip.")
+        for index, row in enumerate(rows):
+            if row.dim() > 1 and row.squeeze(0).dim() > 1:
+                raise ValueError(f"ClapMelFrontend expects 1-D waveforms, got shape {tuple(row.shape)} for clip {index}; "
+                                 "mix channels to mono first (mix_to_mono).")
         if lengths is not None:
             lengths = [int(n) for n in lengths]
             if len(lengths) != len(rows):
                 raise ValueError(f"Got {len(lengths)} lengths for {len(rows)} waveforms.")
             rows = [row[:n] for row, n in zip(rows, lengths)]
-        return torch.stack([self._fit_one(row.to(device=device, dtype=dtype).reshape(-1)) for row in rows])
+        return torch.stack([self._fit_one(self._checked(row).to(device=device, dtype=dtype).reshape(-1)) for row in rows])
+
+    @staticmethod
+    def _checked(waveforms: torch.Tensor) -> torch.Tensor:
+        """Return `waveforms` after checking that they are floating-point and finite."""
+        if not waveforms.is_floating_point():
+            raise ValueError(f"ClapMelFrontend expects floating-point waveforms in [-1, 1], got {waveforms.dtype}; "
+                             "scale integer PCM first (int16: divide by 32768).")
+        if not bool(torch.isfinite(waveforms).all()):
+            raise ValueError("ClapMelFrontend received a waveform with NaN or infinite samples; "
+                             "check the decoder output (load_audio rejects such files).")
+        return waveforms
 
     def _log_mel(self, batch: torch.Tensor) -> torch.Tensor:
         """Compute (batch, frames, n_mels) log-mel features in dB from (batch, max_samples) waveforms."""

@@ -294,6 +294,11 @@ def _candidate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.n
                 _check_finite(items, item_rows, "target")
                 _check_finite(block_queries, block_rows, "query")
             group_max = _segment_max(similarity, layout)                  # (groups in block, queries)
+            # Finite embeddings whose products overflow show as an infinite group maximum. An overflow to
+            # minus infinity beside finite items changes no maximum, since the true value is lower still.
+            if not np.isfinite(group_max).all():
+                raise ValueError("Similarities overflow float32 although every embedding is finite. The scorer "
+                                 "expects L2-normalised embeddings, so normalise them before scoring.")
             _scatter_max(block_scores, block_candidates, layout.groups, group_max)
     return scores
 
@@ -302,15 +307,34 @@ def _gather(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Return `array[rows]` as float32, a view when the rows are a contiguous range of a float32 array."""
     rows = np.asarray(rows)
     contiguous = len(rows) > 0 and rows[-1] - rows[0] == len(rows) - 1 and bool((np.diff(rows) == 1).all())
-    return np.asarray(array[rows[0]:rows[-1] + 1] if contiguous else array[rows], dtype=np.float32)
+    with np.errstate(over="ignore"):  # a float64 value beyond float32's range becomes an infinity, caught later
+        return np.asarray(array[rows[0]:rows[-1] + 1] if contiguous else array[rows], dtype=np.float32)
+
+
+class _NonFiniteRows(Exception):
+    """Embedding rows of one role that contain a NaN or an infinity (turned into a ValueError by `score_task`)."""
+
+    def __init__(self, role: str, rows: np.ndarray):
+        super().__init__(role, rows)
+        self.role, self.rows = role, rows
 
 
 def _check_finite(block: np.ndarray, rows: np.ndarray, role: str) -> None:
-    """Raise a ValueError naming the rows of `block` (embedding rows `rows`) that contain a NaN or an infinity."""
+    """Raise `_NonFiniteRows` for the rows of `block` (embedding rows `rows`) that contain a NaN or an infinity."""
     bad = ~np.isfinite(block).all(axis=1)
     if bad.any():
-        raise ValueError(f"Non-finite {role} embeddings in rows {np.asarray(rows)[bad][:10].tolist()}: these items "
-                         "have no valid feature; re-extract them or score with on_missing='skip'.")
+        raise _NonFiniteRows(role, np.asarray(rows)[bad])
+
+
+def _finite_rows(embeddings: np.ndarray, rows: np.ndarray, present: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Return, for each requested row, whether it is present and finite in float32 (read in chunks of rows)."""
+    finite = np.zeros(len(rows), dtype=bool)
+    wanted = np.flatnonzero(present)
+    for start in range(0, len(wanted), chunk):
+        positions = wanted[start:start + chunk]
+        with np.errstate(over="ignore"):
+            finite[positions] = np.isfinite(_gather(embeddings, rows[positions])).all(axis=1)
+    return finite
 
 
 def _scatter_max(scores: np.ndarray, candidates: np.ndarray, block_groups: np.ndarray, group_max: np.ndarray) -> None:
@@ -369,13 +393,28 @@ def _ranks(scores: np.ndarray, candidates: np.ndarray, correct: np.ndarray, tie_
 def score_task(task: Task, query_ids: Sequence[int], query_embeddings: np.ndarray, target_ids: Sequence[int],
                target_embeddings: np.ndarray, ks: Sequence[int] = (1, 5, 10), *, tie_break: str = "pessimistic",
                on_missing: str = "error", block_mb: float = 256, details: bool = False) -> dict:
-    """Score one task from id and embedding arrays; return Top-k percentages and breakdowns."""
+    """Score one task from id and embedding arrays; return Top-k percentages and breakdowns.
+
+    `query_ids` and `target_ids` give the id of each embedding row, and the embeddings are expected
+    L2-normalised, so that dot products are cosine similarities. `tie_break` is "pessimistic" (a tie
+    with the correct taxon counts against it) or "first" (the candidate listed first wins).
+    `on_missing="error"` raises when a needed id has no feature or a non-finite one; "skip" skips the
+    affected queries and counts them under `skipped`. `block_mb` bounds the memory of the similarity
+    blocks. `details=True` adds a per-query table under "queries".
+    """
     if on_missing not in ("error", "skip"):
         raise ValueError(f"Invalid on_missing {on_missing!r}: choose 'error' or 'skip'.")
     source = task.source or f"{task.split}/{task.level}/{task.direction}"
     _check_dims(query_embeddings, target_embeddings, source)
+    for role, ids, embeddings in (("query", query_ids, query_embeddings), ("target", target_ids, target_embeddings)):
+        if len(ids) != len(embeddings):
+            raise ValueError(f"{source}: {len(ids)} {role} ids for {len(embeddings)} {role} embedding rows; "
+                             "pass one id per row.")
     query_rows, query_present = _index_of(np.asarray(query_ids), task.query_payload_ids, "query")
     target_rows, target_present = _index_of(np.asarray(target_ids), task.group_items, "target")
+    if on_missing == "skip":  # a non-finite feature counts as missing
+        query_present &= _finite_rows(query_embeddings, query_rows, query_present)
+        target_present &= _finite_rows(target_embeddings, target_rows, target_present)
     if on_missing == "error" and not query_present.all():
         raise MissingFeatureError(_missing_message(task.query_modality, task.query_payload_ids[~query_present], source))
     if on_missing == "error" and not target_present.all():
@@ -391,8 +430,14 @@ def score_task(task: Task, query_ids: Sequence[int], query_embeddings: np.ndarra
                "missing_target_features": int(((task.correct >= 0) & query_present & lost_group).sum())}
     scored = np.flatnonzero((task.correct >= 0) & query_present & ~lost_group)
 
-    scores = _candidate_scores(query_embeddings, query_rows[scored], target_embeddings, rows, offsets,
-                               task.candidates[scored], int(block_mb * 2**20))
+    try:
+        scores = _candidate_scores(query_embeddings, query_rows[scored], target_embeddings, rows, offsets,
+                                   task.candidates[scored], int(block_mb * 2**20))
+    except _NonFiniteRows as error:
+        ids = np.asarray(query_ids if error.role == "query" else target_ids)[error.rows]
+        raise ValueError(f"{source}: non-finite {error.role} embeddings (in float32) for id(s) {ids[:10].tolist()}: "
+                         "these items have no valid feature. Re-extract them, or score with on_missing='skip' to "
+                         "skip and count the affected queries.") from None
     rank, top = _ranks(scores, task.candidates[scored], task.correct[scored], tie_break)
     result = _summarise(task, scored, rank, ks)
     result["skipped"] = skipped

@@ -127,6 +127,19 @@ def test_bad_frontend_input():
         frontend(torch.zeros(3, 1000), lengths=[5, 6])
     with pytest.raises(ValueError, match="mix channels to mono"):
         frontend(torch.zeros(1, 2, 480000))
+    with pytest.raises(ValueError, match=r"shape \(2, 48000\) for clip 1; mix channels to mono"):
+        frontend([torch.zeros(48000), torch.zeros(2, 48000)])
+    with pytest.raises(ValueError, match="no waveforms"):
+        frontend([])
+    with pytest.raises(ValueError, match="floating-point waveforms in \\[-1, 1\\], got torch.int16"):
+        frontend(torch.zeros(2, 480000, dtype=torch.int16))
+    with_nan = torch.zeros(2, 480000)
+    with_nan[1, 100] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite samples"):
+        frontend(with_nan)
+    with pytest.raises(ValueError, match="NaN or infinite samples"):
+        frontend([torch.zeros(1000), torch.full((1000,), float("inf"))])
+    assert frontend([torch.zeros(1, 48000)]).shape == (1, 1, 1001, 64)  # a (1, samples) clip is mono
 
 
 @pytest.mark.gpu

@@ -212,17 +212,38 @@ def test_non_finite_features_rejected(role, row, column, value, block_mb):
     rng = np.random.default_rng(9)
     queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
     (targets if role == "target" else queries)[row, column] = value
-    with pytest.raises(ValueError, match=rf"Non-finite {role} embeddings in rows \[{row}\]"):
+    ids = task.query_payload_ids if role == "query" else task.group_items  # ids differ from row numbers
+    with pytest.raises(ValueError, match=rf"non-finite {role} embeddings \(in float32\) for id\(s\) \[{ids[row]}\]"):
         score_task(task, task.query_payload_ids, queries, task.group_items, targets, block_mb=block_mb)
 
 
-def test_overflowing_similarities_are_not_rejected():
+def test_non_finite_features_skipped_and_counted():
     task = random_task(9)
     rng = np.random.default_rng(9)
     queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
-    targets[4] = 1e30  # finite, but its products with the queries overflow float32
-    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets)
-    assert result["n_queries"] == task.n_queries
+    queries[5, 2] = np.inf
+    targets[task.group_offsets[3]:task.group_offsets[4]] = np.nan  # every item of group 3
+    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets, on_missing="skip")
+    uses_group = (task.candidates == 3).any(axis=1)
+    assert result["skipped"]["missing_query_feature"] == 1
+    assert result["skipped"]["missing_target_features"] == int(np.delete(uses_group, 5).sum())
+    assert result["n_queries"] == task.n_queries - 1 - int(np.delete(uses_group, 5).sum())
+
+
+def test_overflowing_similarities_rejected():
+    task = random_task(9)
+    rng = np.random.default_rng(9)
+    queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+    with pytest.raises(ValueError, match="L2-normalised"):
+        score_task(task, task.query_payload_ids, queries * 1e20, task.group_items, targets * 1e20)
+
+
+def test_ids_and_rows_must_match():
+    task = random_task(9)
+    rng = np.random.default_rng(9)
+    queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+    with pytest.raises(ValueError, match="target ids for"):
+        score_task(task, task.query_payload_ids, queries, np.arange(len(targets) + 3), targets)
 
 
 def test_mismatched_widths_rejected():
