@@ -36,7 +36,7 @@ __all__ = ['logger', 'LEVELS', 'MODALITIES', 'DIRECTIONS', 'SPLITS', 'TEXT_FIELD
            'load_benchmark_model', 'summary_table', 'benchmark_models', 'run_benchmark_stage', 'main']
 
 # %% ../nbs/04_benchmark.ipynb #be6bc4a3
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("biovita_nb.benchmark")  # also when the stage notebook runs these cells as __main__
 
 LEVELS = ("species", "genus", "family")
 MODALITIES = ("audio", "image", "text")

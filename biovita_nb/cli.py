@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .config import (PRESETS, ConfigError, RunPaths, complete_stage, config_differences, init_run, load_config,
-                               project_root, run_paths, seed_everything, setup_logging, stage_complete, stage_marker)
+from .config import (PRESETS, ConfigError, RunPaths, check_device, complete_stage, config_differences,
+                               init_run, load_config, project_root, run_paths, seed_everything, setup_logging,
+                               stage_complete, stage_marker)
 
 # %% auto #0
 __all__ = ['logger', 'STAGES', 'NOTABLE_LOG', 'PREREQUISITES', 'Stage', 'StageUnavailableError', 'notebooks_dir',
@@ -237,8 +238,9 @@ def _check_run_settings(stage: str, config: dict, run: RunPaths, force: bool) ->
     listed = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
     if not force:
         raise ConfigError(f"Run '{run.name}' was set up with other settings ({listed}). Its outputs come from the old "
-                          f"settings, so they are not reused: pass --force to redo the {stage} stage with the new "
-                          "settings (and the later stages after it), or choose a new run name with --run.")
+                          f"settings, so they are not reused: pass --force (papermill: -p force True) to redo the {stage} "
+                          "stage with the new settings (and the later stages after it), or choose a new run name "
+                          "with --run (papermill: -p run_name NAME).")
     logger.warning("Run %s: the %s stage is redone with changed settings (%s); later stages need --force too.",
                    run.name, stage, listed)
 
@@ -286,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = dict(preset=args.preset, run_name=args.run_name, device=args.device, overrides=args.overrides,
                    force=args.force, notebooks=args.notebooks)
     try:
+        if args.device != "auto":
+            check_device(args.device)  # a misspelt device fails here, not after a stage has started
         if args.command == "reproduce":
             executed = reproduce(**options)
             run = run_paths(args.run_name or Path(args.preset).stem)

@@ -31,7 +31,7 @@ __all__ = ['logger', 'PACKAGE_DIR', 'PRESETS_DIR', 'PRESETS', 'VERSIONED_PACKAGE
            'load_preset', 'parse_override', 'normalise_overrides', 'load_config', 'config_differences', 'get_setting',
            'project_root', 'runs_root', 'figures_root', 'sample_dir', 'paper_dir', 'RunPaths', 'run_paths',
            'package_versions', 'init_run', 'load_run_config', 'write_json_atomic', 'stage_marker', 'stage_complete',
-           'complete_stage', 'seed_everything', 'derive_seed', 'seeded_generator', 'resolve_device',
+           'complete_stage', 'seed_everything', 'derive_seed', 'seeded_generator', 'check_device', 'resolve_device',
            'resolve_precision', 'setup_logging']
 
 # %% ../nbs/00_config.ipynb #62f7df5f
@@ -90,6 +90,8 @@ def preset_path(name: str | os.PathLike) -> Path:
     candidate = Path(name)
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
         return candidate
+    if candidate.suffix in (".yaml", ".yml") or len(candidate.parts) > 1:
+        raise ConfigError(f"Preset file {str(name)!r} not found: check the path, or use one of {', '.join(PRESETS)}.")
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"Unknown preset {str(name)!r}: choose one of {', '.join(PRESETS)} or pass a path to a YAML file.")
@@ -385,13 +387,21 @@ def seeded_generator(*parts: Any) -> torch.Generator:
     return generator
 
 
+def check_device(spec: str) -> torch.device:
+    """Return `torch.device(spec)`, or raise a ConfigError that lists the accepted forms."""
+    try:
+        return torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"Invalid device {spec!r}: use auto, cpu, cuda or cuda:N.") from None
+
+
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     """Turn `auto`, `cpu`, `cuda` or `cuda:N` into a `torch.device`."""
     if isinstance(spec, torch.device):
         return spec
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    device = check_device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"Device {spec!r} requested but CUDA is not available: set device to 'cpu' or 'auto'.")
     return device

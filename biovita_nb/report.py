@@ -27,7 +27,7 @@ __all__ = ['logger', 'DIRECTIONS', 'MODEL_LABELS', 'ABLATION_ROWS', 'CURVE_GROUP
            'trait_probe', 'run_report_stage']
 
 # %% ../nbs/05_paper.ipynb #5c782d11
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("biovita_nb.report")  # also when the stage notebook runs these cells as __main__
 
 DIRECTIONS = ("A2T", "T2A", "A2I", "I2A", "I2T", "T2I")
 MODEL_LABELS = {

@@ -996,7 +996,7 @@ def entry_point_parser(prog: str, description: str, force_help: str) -> argparse
     # Not `--run`: torchrun would take it for an abbreviation of its own `--run-path`.
     parser.add_argument("--run-name", default="", help="run name under runs/ (default: the preset name)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="change one preset setting, for example train.stage1.epochs=3 (repeatable)")
     parser.add_argument("--force", action="store_true", help=force_help)
     return parser

@@ -128,3 +128,16 @@ def test_log_line_format(tmp_path):
     line = log_file.read_text().strip()
     assert line.endswith(" WARNING biovita_nb.test: skipped 2 files")
     assert line[:4].isdigit()
+
+
+def test_missing_preset_file_named(tmp_path):
+    with pytest.raises(ConfigError, match="Preset file .*nope.yaml' not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="Unknown preset 'nope'"):
+        load_config("nope")
+
+
+def test_invalid_device_named():
+    with pytest.raises(ConfigError, match="Invalid device 'tpu': use auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")
+    assert resolve_device("cpu") == torch.device("cpu")

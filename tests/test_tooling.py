@@ -223,3 +223,26 @@ def test_stage_warnings_reach_terminal(tmp_path, capsys):
     assert "WARNING biovita_nb.data: 2 recording download(s) failed" in output
     assert "up to date" in output
     assert "ordinary progress line" not in output
+
+
+@pytest.mark.parametrize("notebook, module", [("01_data", "data"), ("03_train", "train"), ("04_benchmark", "benchmark"),
+                                              ("05_paper", "report")])
+def test_stage_notebook_logger_is_named(notebook, module):
+    """A stage notebook runs its own cells as __main__, so only a named logger reaches the stage log."""
+    cells = json.loads((Path(__file__).parents[1] / "nbs" / f"{notebook}.ipynb").read_text())["cells"]
+    source = "\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "code")
+    assert f'logger = logging.getLogger("biovita_nb.{module}")' in source
+    assert "logging.getLogger(__name__)" not in source
+
+
+def test_invalid_device_rejected_before_stage(tmp_path, capsys):
+    _stage_notebook(tmp_path, "raise AssertionError('the stage must not start')")
+    status = cli.main(["data", "--preset", "smoke", "--device", "tpu", "--notebooks", str(tmp_path)])
+    assert status == 2
+    assert "Invalid device 'tpu'" in capsys.readouterr().err
+
+
+def test_entry_points_accept_short_override():
+    from biovita_nb.train import entry_point_parser
+    args = entry_point_parser("train", "", "").parse_args(["-o", "train.stage1.epochs=2"])
+    assert args.override == ["train.stage1.epochs=2"]
