@@ -350,3 +350,11 @@ def test_stage_notebook_builds_manifest():
     assert executed.is_file()
     assert manifest.summary["recordings"]["usable"] == 27
     assert (run_paths("notebook").logs / "data.log").read_text().count("Data stage of run notebook finished") == 1
+
+
+def test_sample_source_warns_of_unread_tables(tmp_path, caplog):
+    config = load_config("demo", [f"data.recordings_table={tmp_path / 'nope.csv'}"])
+    with caplog.at_level("WARNING", logger="biovita_nb.data"):
+        sources = data.read_sources(config)
+    assert len(sources.recordings) == 27
+    assert "data.source is 'sample', so data.recordings_table is not read" in caplog.text
