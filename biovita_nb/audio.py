@@ -615,16 +615,22 @@ class ClapMelFrontend(nn.Module):
             if len(lengths) != len(rows):
                 raise ValueError(f"Got {len(lengths)} lengths for {len(rows)} waveforms.")
             rows = [row[:n] for row, n in zip(rows, lengths)]
-        return torch.stack([self._fit_one(self._checked(row).to(device=device, dtype=dtype).reshape(-1)) for row in rows])
+        return torch.stack([self._fit_one(self._checked(row, index).to(device=device, dtype=dtype).reshape(-1))
+                            for index, row in enumerate(rows)])
 
     @staticmethod
-    def _checked(waveforms: torch.Tensor) -> torch.Tensor:
-        """Return `waveforms` after checking that they are floating-point and finite."""
-        if not waveforms.is_floating_point():
+    def _checked(waveforms: torch.Tensor, index: int | None = None) -> torch.Tensor:
+        """Return `waveforms` (one clip, `index` of its batch, or a whole batch) after checking their samples."""
+        if waveforms.is_complex() or not waveforms.is_floating_point():
+            advice = ("scale integer PCM first (int16: divide by 32768)" if not waveforms.is_complex()
+                      and waveforms.dtype != torch.bool else "pass real-valued audio samples")
             raise ValueError(f"ClapMelFrontend expects floating-point waveforms in [-1, 1], got {waveforms.dtype}; "
-                             "scale integer PCM first (int16: divide by 32768).")
-        if not bool(torch.isfinite(waveforms).all()):
-            raise ValueError("ClapMelFrontend received a waveform with NaN or infinite samples; "
+                             f"{advice}.")
+        finite = torch.isfinite(waveforms)
+        if not bool(finite.all()):
+            if index is None:
+                index = int((~finite).reshape(len(waveforms), -1).any(dim=1).nonzero()[0])
+            raise ValueError(f"ClapMelFrontend received NaN or infinite samples in clip {index}; "
                              "check the decoder output (load_audio rejects such files).")
         return waveforms
 

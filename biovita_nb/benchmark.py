@@ -1367,7 +1367,7 @@ def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = Fals
     """Build the benchmark, extract features for each available model, score all scenarios, write results."""
     run = run if isinstance(run, RunPaths) else run_paths(run)
     run.make_dirs()
-    setup_logging("INFO", run.logs / "benchmark.log")
+    setup_logging("INFO", run.logs / "bench.log")
     started = time.perf_counter()
 
     # Under torch.distributed every rank extracts its shard and rank 0 scores; otherwise one process does all.
@@ -1377,7 +1377,7 @@ def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = Fals
     benchmark = _open_benchmark(config, run, force)
     clip_bytes = 4 * int(config["data"]["sample_rate"] * config["data"]["clip_seconds"])
     clip_cache = {} if len(benchmark.audio_index) * clip_bytes <= CLIP_CACHE_BYTES else None
-    entries, predictions, skipped = [], [], []
+    entries, predictions, skipped, stores = [], [], [], {}
     for name in benchmark_models(config):
         try:
             model, model_fingerprint = load_benchmark_model(name, config, run)
@@ -1385,26 +1385,44 @@ def run_benchmark_stage(config: Mapping, run: RunPaths | str, force: bool = Fals
             logger.warning("Model %s skipped: %s", name, error)
             skipped.append({"model": name, "reason": str(error)})
             continue
-        logger.info("Model %s: extracting features", name)
-        store = extract_features(model, benchmark, run.features / name, config, model_name=name,
-                                 model_fingerprint=model_fingerprint, force=force, clip_cache=clip_cache, **shard)
+        logger.info("Model %s: extracting features (complete feature sets are reused)", name)
+        stores[name] = extract_features(model, benchmark, run.features / name, config, model_name=name,
+                                        model_fingerprint=model_fingerprint, force=force, clip_cache=clip_cache, **shard)
         del model
-        if not scorer:
-            continue
+    if not scorer:
+        return []
+
+    inputs = _scoring_inputs(config, benchmark, stores, skipped)
+    inputs_path = run.results / "results.inputs.json"
+    if (not force and (run.results / "results.json").is_file() and inputs_path.is_file()
+            and json.loads(inputs_path.read_text()) == inputs):
+        logger.info("Results in %s are up to date with the benchmark and features; reused them "
+                    "(pass --force to score again).", run.results)
+        return json.loads((run.results / "results.json").read_text())
+    for name, store in stores.items():
         model_entries, model_predictions = score_model(store, benchmark, config, name)
         entries += model_entries
         predictions.append(model_predictions)
-
-    if not scorer:
-        return []
     write_json_atomic(run.results / "results.json", entries)
     write_json_atomic(run.results / "skipped_models.json", skipped)
     (run.results / "summary.md").write_text(summary_table(entries), encoding="utf-8")
     if any(len(p) for p in predictions):
         pd.concat(predictions, ignore_index=True).to_parquet(run.results / "predictions.parquet", index=False)
+    write_json_atomic(inputs_path, inputs)
     logger.info("Benchmark stage finished in %.1f s: %d result entries, %d model(s) skipped",
                 time.perf_counter() - started, len(entries), len(skipped))
     return entries
+
+
+def _scoring_inputs(config: Mapping, benchmark: Benchmark, stores: Mapping[str, FeatureStore],
+                    skipped: list[dict]) -> dict:
+    """Return what the scores depend on: settings, the benchmark's files and each feature set's record."""
+    files = sorted(p for p in benchmark.root.rglob("*") if p.is_file() and p.suffix in (".csv", ".json"))
+    features = {name: {p.name: json.loads(p.read_text()) for p in sorted(Path(store.root).glob("*.json"))}
+                for name, store in stores.items()}
+    return {"settings": json.loads(json.dumps(dict(config["benchmark"]), default=str)),
+            "benchmark": [[str(p.relative_to(benchmark.root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+            "features": features, "skipped_models": skipped}
 
 # %% ../nbs/04_benchmark.ipynb #2a478ae7
 def main(argv: Sequence[str] | None = None) -> int:

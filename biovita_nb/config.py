@@ -90,6 +90,8 @@ def preset_path(name: str | os.PathLike) -> Path:
     candidate = Path(name)
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
         return candidate
+    if candidate.is_dir():
+        raise ConfigError(f"Preset {str(name)!r} is a folder: pass a YAML file, or one of {', '.join(PRESETS)}.")
     if candidate.suffix in (".yaml", ".yml") or len(candidate.parts) > 1:
         raise ConfigError(f"Preset file {str(name)!r} not found: check the path, or use one of {', '.join(PRESETS)}.")
     path = PRESETS_DIR / f"{name}.yaml"

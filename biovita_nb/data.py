@@ -966,8 +966,9 @@ def read_sources(config: Mapping) -> Sources:
     if data["source"] == "sample":
         unread = [key for key in ("recordings_table", "images_table", "files_root") if data[key]]
         if unread:
-            logger.warning("data.source is 'sample', so %s is not read; set data.source to 'tables' or 'biovita' "
-                           "to build from it.", " and ".join(f"data.{key}" for key in unread))
+            logger.warning("data.source is 'sample', so %s %s not read; set data.source to 'tables' or 'biovita' "
+                           "to build from %s.", " and ".join(f"data.{key}" for key in unread),
+                           "is" if len(unread) == 1 else "are", "it" if len(unread) == 1 else "them")
         root = sample_dir()
         recordings, images = sample_sources(root)
         parts.update(recordings=sha256_file(root / "recordings.csv"), images=sha256_file(root / "images.csv"))

@@ -135,10 +135,12 @@ def test_bad_frontend_input():
         frontend(torch.zeros(2, 480000, dtype=torch.int16))
     with_nan = torch.zeros(2, 480000)
     with_nan[1, 100] = float("nan")
-    with pytest.raises(ValueError, match="NaN or infinite samples"):
+    with pytest.raises(ValueError, match="NaN or infinite samples in clip 1"):
         frontend(with_nan)
-    with pytest.raises(ValueError, match="NaN or infinite samples"):
+    with pytest.raises(ValueError, match="NaN or infinite samples in clip 1"):
         frontend([torch.zeros(1000), torch.full((1000,), float("inf"))])
+    with pytest.raises(ValueError, match="got torch.complex64; pass real-valued audio samples"):
+        frontend(torch.zeros(1, 480000, dtype=torch.complex64))
     assert frontend([torch.zeros(1, 48000)]).shape == (1, 1, 1001, 64)  # a (1, samples) clip is mono
 
 

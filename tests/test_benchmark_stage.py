@@ -193,9 +193,16 @@ def test_stage_writes_results(tmp_path: Path):
     assert pd.read_parquet(run.results / "predictions.parquet")["model"].nunique() == 3
 
     stamps = {p: p.stat().st_mtime_ns for p in run.features.rglob("*.npy")}
+    results_stamp = (run.results / "results.json").stat().st_mtime_ns
     again = run_benchmark_stage(config, run)
-    assert again == entries
+    assert again == json.loads(json.dumps(entries))
     assert {p: p.stat().st_mtime_ns for p in run.features.rglob("*.npy")} == stamps  # features reused
+    assert (run.results / "results.json").stat().st_mtime_ns == results_stamp  # scores reused
+    assert "are up to date with the benchmark and features" in (run.logs / "bench.log").read_text()
+
+    forced = run_benchmark_stage(config, run, force=True)
+    assert forced == entries
+    assert (run.results / "results.json").stat().st_mtime_ns != results_stamp
 
 
 def test_stage_without_manifest_says_what_to_run(tmp_path: Path):

@@ -135,6 +135,8 @@ def test_missing_preset_file_named(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="Unknown preset 'nope'"):
         load_config("nope")
+    with pytest.raises(ConfigError, match="is a folder: pass a YAML file"):
+        load_config(tmp_path)
 
 
 def test_invalid_device_named():

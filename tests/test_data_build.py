@@ -358,3 +358,9 @@ def test_sample_source_warns_of_unread_tables(tmp_path, caplog):
         sources = data.read_sources(config)
     assert len(sources.recordings) == 27
     assert "data.source is 'sample', so data.recordings_table is not read" in caplog.text
+    caplog.clear()
+    config = load_config("demo", [f"data.images_table={tmp_path / 'nope.csv'}", f"data.files_root={tmp_path}"])
+    with caplog.at_level("WARNING", logger="biovita_nb.data"):
+        data.read_sources(config)
+    assert "data.images_table and data.files_root are not read" in caplog.text
+    assert "to build from them" in caplog.text
