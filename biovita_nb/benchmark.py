@@ -329,9 +329,9 @@ def _check_finite(block: np.ndarray, rows: np.ndarray, role: str) -> None:
 def _finite_rows(embeddings: np.ndarray, rows: np.ndarray, present: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Return, for each requested row, whether it is present and finite in float32 (read in chunks of rows)."""
     finite = np.zeros(len(rows), dtype=bool)
-    wanted = np.flatnonzero(present)
-    for start in range(0, len(wanted), chunk):
-        positions = wanted[start:start + chunk]
+    requested = np.flatnonzero(present)
+    for start in range(0, len(requested), chunk):
+        positions = requested[start:start + chunk]
         with np.errstate(over="ignore"):
             finite[positions] = np.isfinite(_gather(embeddings, rows[positions])).all(axis=1)
     return finite
