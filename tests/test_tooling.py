@@ -87,12 +87,7 @@ def test_stage_runs_with_typed_parameters(tmp_path):
             "from biovita_nb.config import run_paths\n"
             "out = run_paths(run_name).root / 'seen.json'\n"
             "out.write_text(json.dumps(dict(preset=preset, device=device, overrides=overrides, force=force)))\n")
-    notebook = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell('preset = "demo"\nrun_name = ""\ndevice = "auto"\noverrides = []\nforce = False',
-                                  metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(code)])
-    notebook.metadata["kernelspec"] = {"name": "no-such-kernel", "display_name": "x", "language": "python"}
-    nbformat.write(notebook, tmp_path / "01_data.ipynb")
+    _stage_notebook(tmp_path, code, kernel="no-such-kernel")
     executed = cli.run_stage("data", preset="smoke", run_name="p", overrides=["data.recordings_table=a=b.csv"],
                              force=True, notebooks=tmp_path)
     assert executed.is_file()
@@ -138,12 +133,7 @@ def test_papermill_cli_parameter_types(tmp_path):
     code = ("import json\n"
             "json.dump({name: [value, type(value).__name__] for name, value in dict(preset=preset, run_name=run_name, "
             "overrides=overrides, force=force, device=device).items()}, open('seen.json', 'w'))\n")
-    notebook = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell('preset = "demo"\nrun_name = ""\ndevice = "auto"\noverrides = []\nforce = False',
-                                  metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(code)])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(notebook, tmp_path / "stage.ipynb")
+    _stage_notebook(tmp_path, code, name="stage.ipynb")
     command = [str(Path(sys.executable).with_name("papermill")), "stage.ipynb", "out.ipynb", "-p", "preset", "smoke",
                "-p", "run_name", "a=b", "-p", "force", "True", "-p", "device", "7",
                "-y", 'overrides: ["data.recordings_table=x=y.csv", "train.stage1.epochs=3"]']
@@ -183,13 +173,14 @@ def test_changed_settings_need_force(monkeypatch):
     assert json.loads(run.config.read_text())["config"]["train"]["stage1"]["epochs"] == 5
 
 
-def _stage_notebook(folder, code):
+def _stage_notebook(folder, code, name="01_data.ipynb", kernel="python3"):
+    """Write a notebook with the stage parameters cell followed by `code`."""
     notebook = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell('preset = "demo"\nrun_name = ""\ndevice = "auto"\noverrides = []\nforce = False',
                                   metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(code)])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(notebook, folder / "01_data.ipynb")
+    notebook.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
+    nbformat.write(notebook, folder / name)
 
 
 def test_user_error_in_stage_is_one_line(tmp_path, capsys):
