@@ -273,18 +273,18 @@ def _candidate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.n
     query_chunk = int(max(1, min(n_queries, block_bytes // (8 * 4 * dim))))
     item_chunk = int(max(1, block_bytes // (2 * 4 * (dim + query_chunk))))  # half the budget: similarities and items
     group_of_item = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-    item_blocks = [(i0, _slot_layout(group_of_item[i0:i0 + item_chunk])) for i0 in range(0, n_items, item_chunk)]
-    cached = None
-    if len(item_blocks) == 1:
-        cached = _gather(targets, target_rows[item_blocks[0][1].order])
+    item_blocks = []  # (embedding rows in slot order, layout) of each block of items
+    for i0 in range(0, n_items, item_chunk):
+        layout = _slot_layout(group_of_item[i0:i0 + item_chunk])
+        item_blocks.append((target_rows[i0 + layout.order], layout))
+    cached = _gather(targets, item_blocks[0][0]) if len(item_blocks) == 1 else None
 
     for q0 in range(0, n_queries, query_chunk):
         block_rows = query_rows[q0:q0 + query_chunk]
         block_queries = _gather(queries, block_rows)
         block_candidates = candidates[q0:q0 + query_chunk]
         block_scores = scores[q0:q0 + query_chunk]
-        for i0, layout in item_blocks:
-            item_rows = target_rows[i0 + layout.order]
+        for item_rows, layout in item_blocks:
             items = cached if cached is not None else _gather(targets, item_rows)
             with np.errstate(invalid="ignore", over="ignore"):  # non-finite results are checked just below
                 similarity = items @ block_queries.T                        # (items, queries)
@@ -332,8 +332,7 @@ def _finite_rows(embeddings: np.ndarray, rows: np.ndarray, present: np.ndarray, 
     requested = np.flatnonzero(present)
     for start in range(0, len(requested), chunk):
         positions = requested[start:start + chunk]
-        with np.errstate(over="ignore"):
-            finite[positions] = np.isfinite(_gather(embeddings, rows[positions])).all(axis=1)
+        finite[positions] = np.isfinite(_gather(embeddings, rows[positions])).all(axis=1)
     return finite
 
 
