@@ -180,7 +180,8 @@ def test_single_thread_and_autograd_paths_agree(sample_clips):
     tracked.sum().backward()
     assert float((single - reference).abs().max()) < 1e-3
     assert float((tracked.detach() - reference).abs().max()) < 1e-3
-    assert wave.grad is not None and bool(torch.isfinite(wave.grad).all())
+    assert wave.grad is not None
+    assert bool(torch.isfinite(wave.grad).all())
 
 
 def test_mel_power_matches_magnitude_product():
