@@ -196,8 +196,11 @@ class MissingFeatureError(KeyError):
 def _index_of(ids: np.ndarray, requested: np.ndarray, role: str) -> tuple[np.ndarray, np.ndarray]:
     """Return the row of each requested id in `ids` and a mask of the requested ids that are present."""
     ids = np.asarray(ids, dtype=np.int64)
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
+    if (ids[1:] > ids[:-1]).all():  # increasing ids need no sort and have no repeats
+        order, sorted_ids = np.arange(len(ids)), ids
+    else:
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
     if len(sorted_ids) > 1 and (sorted_ids[1:] == sorted_ids[:-1]).any():
         duplicated = np.unique(sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]])
         raise ValueError(f"The {role} ids contain duplicates: {duplicated[:10].tolist()}; pass each id once.")
@@ -308,7 +311,7 @@ def _gather(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows)
     contiguous = len(rows) > 0 and rows[-1] - rows[0] == len(rows) - 1 and bool((np.diff(rows) == 1).all())
     with np.errstate(over="ignore"):  # a float64 value beyond float32's range becomes an infinity, caught later
-        return np.asarray(array[rows[0]:rows[-1] + 1] if contiguous else array[rows], dtype=np.float32)
+        return np.asarray(array[rows[0]:rows[-1] + 1] if contiguous else np.take(array, rows, axis=0), dtype=np.float32)
 
 
 class _NonFiniteRows(Exception):
@@ -340,12 +343,13 @@ def _scatter_max(scores: np.ndarray, candidates: np.ndarray, block_groups: np.nd
     """Raise `scores[q, c]` to `group_max[j, q]` where candidate c of query q is group `block_groups[j]`."""
     n_segments, n_queries = group_max.shape
     # Candidates outside this block (and the -1 padding, which indexes the last entry) read a row of -inf.
-    segment_of_group = np.full(int(max(candidates.max(initial=0), block_groups.max())) + 2, n_segments, dtype=np.int64)
+    index_type = np.int32 if (n_segments + 1) * n_queries < 2**31 else np.int64  # int32 halves the index traffic
+    segment_of_group = np.full(int(max(candidates.max(initial=0), block_groups.max())) + 2, n_segments, dtype=index_type)
     segment_of_group[block_groups] = np.arange(n_segments)
     padded = np.concatenate([group_max, np.full((1, n_queries), -np.inf, dtype=group_max.dtype)])
     flat = segment_of_group.take(candidates)
     flat *= n_queries
-    flat += np.arange(n_queries)[:, None]
+    flat += np.arange(n_queries, dtype=index_type)[:, None]
     np.maximum(scores, padded.ravel().take(flat), out=scores)
 
 # %% ../nbs/04_benchmark.ipynb #1d72b18d
@@ -465,23 +469,27 @@ def _summarise(task: Task, scored: np.ndarray, rank: np.ndarray, ks: Sequence[in
                   n_candidates=int(counts.max()) if len(counts) else 0,
                   n_candidates_min=int(counts.min()) if len(counts) else 0)
     result["per_taxon"] = _grouped_accuracy(task.correct_taxa[scored], rank, ks)
-    classes = task.taxon_classes[scored]
-    known = ~np.isin(classes.astype(str), ["", "nan", "None"])
-    result["per_class"] = _grouped_accuracy(classes[known], rank[known], ks)
+    result["per_class"] = _grouped_accuracy(task.taxon_classes[scored], rank, ks, unknown=("", "nan", "None"))
     return result
 
 
-def _grouped_accuracy(labels: np.ndarray, rank: np.ndarray, ks: Sequence[int]) -> dict[str, dict]:
-    """Return {label: {top<k>: percent, n_queries}} for each distinct label, labels in sorted order."""
+def _grouped_accuracy(labels: np.ndarray, rank: np.ndarray, ks: Sequence[int], unknown: Sequence[str] = ()) -> dict[str, dict]:
+    """Return {label: {top<k>: percent, n_queries}} for each distinct label but `unknown`, labels in sorted order.
+
+    Labels compare as text (`str` of each value), so a missing class read as NaN is "nan".
+    """
     if len(labels) == 0:
         return {}
-    names, inverse = np.unique(labels.astype(str), return_inverse=True)
-    totals = np.bincount(inverse, minlength=len(names))
-    percents = {f"top{k}": (100.0 * np.bincount(inverse, weights=(rank <= k), minlength=len(names)) / totals).tolist()
+    if pd.api.types.infer_dtype(labels, skipna=False) != "string":
+        labels = np.array([str(label) for label in labels], dtype=object)
+    codes, names = pd.factorize(labels, sort=True)  # hashing, faster than sorting the strings
+    totals = np.bincount(codes, minlength=len(names))
+    percents = {f"top{k}": (100.0 * np.bincount(codes, weights=(rank <= k), minlength=len(names)) / totals).tolist()
                 for k in ks}
     columns = list(percents.values()) + [totals.tolist()]
     keys = list(percents) + ["n_queries"]
-    return {str(name): dict(zip(keys, values)) for name, *values in zip(names.tolist(), *columns)}
+    return {str(name): dict(zip(keys, values)) for name, *values in zip(names.tolist(), *columns)
+            if str(name) not in unknown}
 
 # %% ../nbs/04_benchmark.ipynb #02d17ae1
 def score_task_file(csv_path: str | os.PathLike, query_ids: Sequence[int], query_embeddings: np.ndarray,

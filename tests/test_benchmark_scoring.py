@@ -117,6 +117,31 @@ def test_groups_without_items_score_minus_infinity():
     assert result["skipped"]["missing_target_features"] == 0
 
 
+def test_sorted_and_shuffled_ids_score_alike():
+    task = random_task(13)
+    rng = np.random.default_rng(13)
+    queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+    order = np.argsort(task.group_items)  # increasing ids take the path without a sort
+    shuffled = score_task(task, task.query_payload_ids, queries, task.group_items, targets, details=True)
+    in_order = score_task(task, task.query_payload_ids, queries, task.group_items[order], targets[order], details=True)
+    assert (task.group_items[order][1:] > task.group_items[order][:-1]).all()
+    assert in_order["queries"]["rank"].tolist() == shuffled["queries"]["rank"].tolist()
+    assert in_order["per_taxon"] == shuffled["per_taxon"]
+
+
+def test_unknown_classes_left_out_of_per_class():
+    task = random_task(14)
+    task.taxon_classes = task.taxon_classes.copy()
+    task.taxon_classes[:3] = ["", None, np.nan]
+    rng = np.random.default_rng(14)
+    queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets)
+    assert list(result["per_class"]) == sorted(set(task.taxon_classes[3:]))
+    assert sum(entry["n_queries"] for entry in result["per_class"].values()) == task.n_queries - 3
+    assert list(result["per_taxon"]) == sorted(result["per_taxon"])
+    assert sum(entry["n_queries"] for entry in result["per_taxon"].values()) == task.n_queries
+
+
 def test_random_features_include_ties():
     task = random_task(0)
     rng = np.random.default_rng(100)
