@@ -3,15 +3,18 @@
 1. A synthetic benchmark: 36 scenarios of 2,000 queries, each query with 100 candidate taxa of 1
    to 40 target items each, 768-d float32 unit vectors. It runs once per pool size (`--taxa`).
    With a pool of 100 taxa every query ranks the same 100 taxa. With a larger pool each query's
-   100 are drawn from it, so the scorer also computes similarities to items that a given query
-   does not need. The vectorised scorer (`biovita_nb.benchmark.score_task`) scores all of it. A plain
+   100 are drawn from it. The vectorised scorer (`biovita_nb.benchmark.score_task`, route "auto")
+   then either computes every query against every item of the pool anyway (the dense route) or
+   only the listed query-candidate pairs (the pairs route), whichever it expects to be faster; the
+   other route is timed once for comparison. The vectorised scorer scores all of it. A plain
    per-query loop (one query and one candidate at a time, as a reference implementation would)
    scores a subset, and its per-query time is multiplied out to the full benchmark. The loop's
    ranks are checked against the vectorised ones on that subset. The vectorised time covers ranks,
    Top-k and the per-taxon and per-class breakdowns, but not the optional per-query table.
 2. Peak memory of the vectorised scorer (tracemalloc, which tracks NumPy's allocations) on one
-   scenario, and on one task against a large memory-mapped float16 gallery, where chunking keeps
-   it near `block_mb` whatever the gallery size.
+   scenario, and time and memory on one task against a large memory-mapped float16 gallery, where
+   chunking keeps memory near `block_mb` whatever the gallery size. The pairs route, which `auto`
+   picks there, is timed against the dense route.
 3. Loading features: one memory-mapped array plus its id index (the feature store) against one
    `.pt` file per item (the published `FeatureBank` layout), for the same items.
 
@@ -21,7 +24,7 @@ can only add time. The ratios compare runs made
 one after the other in the same process. The output gives the load average and the CPU time of each
 side, so a reader can tell when the matrix products had fewer cores than the machine has.
 
-Run: .venv/bin/python benchmarks/scoring.py [--taxa 100 300] [--loop-queries 400] [--repeats 5] [--gallery-items 200000]
+Run: .venv/bin/python benchmarks/scoring.py [--taxa 100 300 1000] [--loop-queries 400] [--repeats 5] [--gallery-items 200000]
 """
 from __future__ import annotations
 
@@ -141,11 +144,18 @@ def scoring_section(args, n_taxa: int) -> None:
     print(f"  speed-up, vectorised vs plain loop: {loop_seconds * scale / vectorised:.0f}x wall-clock, "
           f"{loop_cpu * scale / vectorised_cpu:.0f}x CPU time (target >= 100x)")
 
-    # The floor: the float32 matrix product of each scenario alone, on target rows gathered beforehand.
-    gathered = [np.ascontiguousarray(gallery[task.group_items]) for task in tasks]
-    _, products, _ = best_of(args.repeats, [lambda items=items: items @ queries.T for items in gathered])
-    print(f"  matrix products alone: {products:.2f} s wall ({100 * products / vectorised:.0f} % of the vectorised "
-          f"time), so a float32 scorer that computes them cannot pass {loop_seconds * scale / products:.0f}x")
+    route = results[0]["route"]
+    other = "dense" if route == "pairs" else "pairs"
+    _, other_seconds, _ = best_of(1, [lambda task=task: score_task(task, query_ids, queries, gallery_ids, gallery, route=other)
+                                      for task in tasks])
+    print(f"  route: {route} (chosen by route='auto'); the {other} route takes {other_seconds:.2f} s wall in one run, "
+          f"{other_seconds / vectorised:.1f} times as long")
+    if route == "dense":
+        # The floor: the float32 matrix product of each scenario alone, on target rows gathered beforehand.
+        gathered = [np.ascontiguousarray(gallery[task.group_items]) for task in tasks]
+        _, products, _ = best_of(args.repeats, [lambda items=items: items @ queries.T for items in gathered])
+        print(f"  matrix products alone: {products:.2f} s wall ({100 * products / vectorised:.0f} % of the vectorised "
+              f"time), so a dense float32 scorer cannot pass {loop_seconds * scale / products:.0f}x")
 
     tracemalloc.start()
     score_task(tasks[0], query_ids, queries, gallery_ids, gallery)
@@ -171,16 +181,21 @@ def large_gallery_section(args) -> None:
         gallery = np.load(path, mmap_mode="r")
         task = synthetic_task(rng, args.queries, n_taxa, args.candidates, args.max_items, args.gallery_items)
         queries = unit_rows(rng, args.queries, args.dim)
-        for block_mb in (64, 256):
-            tracemalloc.start()
+        print(f"  {int(task.group_offsets[-1])} target items of {n_taxa} taxa in a memory-mapped float16 gallery "
+              f"({args.gallery_items * args.dim * 2 / 2**20:.0f} MiB on disk), {args.queries} queries:")
+        for route, block_mb in (("auto", 64), ("dense", 64), ("dense", 256)):
+            def score():
+                return score_task(task, np.arange(args.queries), queries, np.arange(args.gallery_items), gallery,
+                                  block_mb=block_mb, route=route)
             start = time.perf_counter()
-            score_task(task, np.arange(args.queries), queries, np.arange(args.gallery_items), gallery, block_mb=block_mb)
+            result = score()
             seconds = time.perf_counter() - start
+            tracemalloc.start()  # a second run for the memory: tracing slows down the many small allocations
+            score()
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
-            print(f"  {int(task.group_offsets[-1])} target items of {n_taxa} taxa in a memory-mapped float16 gallery "
-                  f"({args.gallery_items * args.dim * 2 / 2**20:.0f} MiB on disk), {args.queries} queries, "
-                  f"block_mb={block_mb}: {seconds:.1f} s, peak allocated {peak / 2**20:.0f} MiB")
+            print(f"    route={route} ({result['route']}), block_mb={block_mb}: {seconds:.1f} s, "
+                  f"peak allocated {peak / 2**20:.0f} MiB")
 
 
 def store_section(args) -> None:
@@ -223,7 +238,8 @@ def main() -> None:
     parser.add_argument("--scenarios", type=int, default=36)
     parser.add_argument("--queries", type=int, default=2000, help="queries per scenario")
     parser.add_argument("--candidates", type=int, default=100)
-    parser.add_argument("--taxa", type=int, nargs="+", default=[100, 300], help="taxa in each scenario's pool (one run each)")
+    parser.add_argument("--taxa", type=int, nargs="+", default=[100, 300, 1000],
+                        help="taxa in each scenario's pool (one run each)")
     parser.add_argument("--max-items", type=int, default=40, help="target items per taxon: 1 to this many")
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--loop-queries", type=int, default=400, help="queries the plain loop scores (then extrapolated)")

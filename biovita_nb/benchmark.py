@@ -28,12 +28,13 @@ from .config import (ConfigError, RunPaths, complete_stage, derive_seed, resolve
                                run_paths, setup_logging, write_json_atomic)
 
 # %% auto #0
-__all__ = ['logger', 'LEVELS', 'MODALITIES', 'DIRECTIONS', 'SPLITS', 'TEXT_FIELD_OF_NAME', 'TASK_COLUMNS', 'TIE_BREAKS',
-           'MANIFEST_COLUMNS', 'TEXT_COLUMNS', 'BASELINES', 'TRAINED', 'CLIP_CACHE_BYTES', 'task_filename', 'Task',
-           'read_task_csv', 'write_task_csv', 'MissingFeatureError', 'score_task', 'score_task_file', 'Benchmark',
-           'load_benchmark', 'build_benchmark', 'example_manifest', 'FeatureSet', 'ModalityUnavailable', 'FeatureStore',
-           'write_feature_set', 'text_strings', 'extract_features', 'score_model', 'ModelUnavailable',
-           'load_benchmark_model', 'summary_table', 'benchmark_models', 'run_benchmark_stage', 'main']
+__all__ = ['logger', 'LEVELS', 'MODALITIES', 'DIRECTIONS', 'SPLITS', 'TEXT_FIELD_OF_NAME', 'TASK_COLUMNS', 'ROUTES',
+           'PAIRS_BELOW', 'TIE_BREAKS', 'MANIFEST_COLUMNS', 'TEXT_COLUMNS', 'BASELINES', 'TRAINED', 'CLIP_CACHE_BYTES',
+           'task_filename', 'Task', 'read_task_csv', 'write_task_csv', 'MissingFeatureError', 'score_task',
+           'score_task_file', 'Benchmark', 'load_benchmark', 'build_benchmark', 'example_manifest', 'FeatureSet',
+           'ModalityUnavailable', 'FeatureStore', 'write_feature_set', 'text_strings', 'extract_features',
+           'score_model', 'ModelUnavailable', 'load_benchmark_model', 'summary_table', 'benchmark_models',
+           'run_benchmark_stage', 'main']
 
 # %% ../nbs/04_benchmark.ipynb #be6bc4a3
 logger = logging.getLogger("biovita_nb.benchmark")  # also when the stage notebook runs these cells as __main__
@@ -265,6 +266,10 @@ def _segment_max(similarity: np.ndarray, layout: _SlotLayout) -> np.ndarray:
     return result
 
 # %% ../nbs/04_benchmark.ipynb #5aa3b174
+_OVERFLOW_MESSAGE = ("Similarities overflow float32 although every embedding is finite. The scorer expects "
+                    "L2-normalised embeddings, so normalise them before scoring.")
+
+
 def _candidate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.ndarray, target_rows: np.ndarray,
                       offsets: np.ndarray, candidates: np.ndarray, block_bytes: int) -> np.ndarray:
     """Return (Q, C) float32 candidate scores: per candidate group, the max similarity over its items."""
@@ -300,8 +305,7 @@ def _candidate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.n
             # Finite embeddings whose products overflow show as an infinite group maximum. An overflow to
             # minus infinity beside finite items changes no maximum, since the true value is lower still.
             if not np.isfinite(group_max).all():
-                raise ValueError("Similarities overflow float32 although every embedding is finite. The scorer "
-                                 "expects L2-normalised embeddings, so normalise them before scoring.")
+                raise ValueError(_OVERFLOW_MESSAGE)
             _scatter_max(block_scores, block_candidates, layout.groups, group_max)
     return scores
 
@@ -352,6 +356,84 @@ def _scatter_max(scores: np.ndarray, candidates: np.ndarray, block_groups: np.nd
     flat += np.arange(n_queries, dtype=index_type)[:, None]
     np.maximum(scores, padded.ravel().take(flat), out=scores)
 
+# %% ../nbs/04_benchmark.ipynb #da0a7cbd
+ROUTES = ("auto", "dense", "pairs")
+# NOTE: measured on one 2-core CPU only, with 2,000 queries of 768-d and 100 candidates of 1 to 40
+# items: for pools of 100, 300, 600, 1,000 and 3,000 taxa the dense route took 40, 153, 236, 384 and
+# 1,176 ms, the pairs route 150, 202, 238, 240 and 397 ms. The routes cross near a listed share of a
+# sixth (the pool of 600); on other machines the crossing may move.
+PAIRS_BELOW = 1 / 6
+
+
+def _listed_share(offsets: np.ndarray, candidates: np.ndarray) -> float:
+    """Estimate the share of the dense (queries x items) similarities that the listed candidates need."""
+    sizes = np.diff(offsets)
+    n_items, listed_groups = int(offsets[-1]), int((sizes > 0).sum())
+    if n_items == 0 or listed_groups == 0 or len(candidates) == 0:
+        return 1.0
+    items_per_pair = n_items / listed_groups  # the mean group, not each pair's own group: this only picks a route
+    return float((candidates >= 0).sum() * items_per_pair / (len(candidates) * n_items))
+
+
+def _use_pairs(route: str, offsets: np.ndarray, candidates: np.ndarray) -> bool:
+    """Decide between the dense and the pairs route (see above)."""
+    if route not in ROUTES:
+        raise ValueError(f"Invalid route {route!r}: choose one of {', '.join(ROUTES)}.")
+    return route == "pairs" or (route == "auto" and _listed_share(offsets, candidates) < PAIRS_BELOW)
+
+
+def _require_finite(embeddings: np.ndarray, rows: np.ndarray, role: str) -> None:
+    """Raise `_NonFiniteRows` for the requested rows that hold a NaN or an infinity."""
+    finite = _finite_rows(embeddings, rows, np.ones(len(rows), dtype=bool))
+    if not finite.all():
+        raise _NonFiniteRows(role, rows[~finite])
+
+
+def _pair_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.ndarray, target_rows: np.ndarray,
+                 offsets: np.ndarray, candidates: np.ndarray, block_bytes: int) -> np.ndarray:
+    """Return (Q, C) float32 candidate scores like `_candidate_scores`, computing only the listed pairs."""
+    scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+    flat = candidates.ravel()
+    listed = np.flatnonzero(flat >= 0)
+    if len(listed) == 0 or len(target_rows) == 0:
+        return scores
+    _require_finite(queries, np.unique(query_rows), "query")  # target rows are checked as they are gathered
+    pairs = listed[np.argsort(flat[listed], kind="stable")]          # positions in `scores`, group after group
+    pair_rows = query_rows[pairs // candidates.shape[1]]            # the query embedding row of each pair
+    bounds = np.searchsorted(flat[pairs], np.arange(len(offsets)))  # pairs of group g: bounds[g]:bounds[g + 1]
+    # A quarter of the budget each: gathered query rows, gathered item rows, products (x2 for the maximum).
+    # A block of at most 2,048 query rows (6 MiB at 768-d) can stay in a CPU cache until the products read
+    # it; larger blocks were no faster on the machine measured.
+    rows_per_block = int(max(1, min(2048, block_bytes // (4 * 4 * queries.shape[1]))))
+    products_per_block = int(max(1, block_bytes // (4 * 4 * 2)))
+    best = np.full(len(pairs), -np.inf, dtype=np.float32)
+    for p0 in range(0, len(pairs), rows_per_block):
+        p1 = min(p0 + rows_per_block, len(pairs))
+        block_queries = _gather(queries, pair_rows[p0:p1])
+        first, last = np.searchsorted(bounds, p0, side="right") - 1, np.searchsorted(bounds, p1, side="left")
+        for group in range(first, last):
+            lo, hi = max(bounds[group], p0), min(bounds[group + 1], p1)
+            if lo >= hi:
+                continue
+            for i0 in range(offsets[group], offsets[group + 1], rows_per_block):
+                item_rows = target_rows[i0:min(i0 + rows_per_block, offsets[group + 1])]
+                items = _gather(targets, item_rows)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    finite_sum = np.isfinite(items.sum())
+                if not finite_sum:  # a NaN or an infinity makes the sum non-finite, and so may huge values
+                    _check_finite(items, item_rows, "target")
+                step = max(1, products_per_block // len(items))
+                for sub_lo in range(lo, hi, step):
+                    sub_hi = min(sub_lo + step, hi)
+                    with np.errstate(over="ignore", invalid="ignore"):  # overflows show in the maxima, checked below
+                        group_best = (items @ block_queries[sub_lo - p0:sub_hi - p0].T).max(axis=0)
+                    np.maximum(best[sub_lo:sub_hi], group_best, out=best[sub_lo:sub_hi])
+    empty = np.diff(offsets)[flat[pairs]] == 0  # a group without items keeps minus infinity
+    if not np.isfinite(best[~empty]).all():
+        raise ValueError(_OVERFLOW_MESSAGE)
+    scores.ravel()[pairs] = best
+    return scores
+
 # %% ../nbs/04_benchmark.ipynb #1d72b18d
 TIE_BREAKS = ("pessimistic", "first")
 
@@ -395,7 +477,7 @@ def _ranks(scores: np.ndarray, candidates: np.ndarray, correct: np.ndarray, tie_
 # %% ../nbs/04_benchmark.ipynb #4cb99e8d
 def score_task(task: Task, query_ids: Sequence[int], query_embeddings: np.ndarray, target_ids: Sequence[int],
                target_embeddings: np.ndarray, ks: Sequence[int] = (1, 5, 10), *, tie_break: str = "pessimistic",
-               on_missing: str = "error", block_mb: float = 256, details: bool = False) -> dict:
+               on_missing: str = "error", block_mb: float = 256, route: str = "auto", details: bool = False) -> dict:
     """Score one task from id and embedding arrays; return Top-k percentages and breakdowns.
 
     `query_ids` and `target_ids` give the id of each embedding row, and the embeddings are expected
@@ -403,7 +485,9 @@ def score_task(task: Task, query_ids: Sequence[int], query_embeddings: np.ndarra
     with the correct taxon counts against it) or "first" (the candidate listed first wins).
     `on_missing="error"` raises when a needed id has no feature or a non-finite one; "skip" skips the
     affected queries and counts them under `skipped`. `block_mb` bounds the memory of the similarity
-    blocks. `details=True` adds a per-query table under "queries".
+    blocks. `route` is "dense" (all queries against all items), "pairs" (only the listed query-candidate
+    pairs) or "auto", which picks by the share of similarities the candidates need. `details=True` adds a
+    per-query table under "queries".
     """
     if on_missing not in ("error", "skip"):
         raise ValueError(f"Invalid on_missing {on_missing!r}: choose 'error' or 'skip'.")
@@ -433,9 +517,10 @@ def score_task(task: Task, query_ids: Sequence[int], query_embeddings: np.ndarra
                "missing_target_features": int(((task.correct >= 0) & query_present & lost_group).sum())}
     scored = np.flatnonzero((task.correct >= 0) & query_present & ~lost_group)
 
+    pairs = _use_pairs(route, offsets, task.candidates[scored])
     try:
-        scores = _candidate_scores(query_embeddings, query_rows[scored], target_embeddings, rows, offsets,
-                                   task.candidates[scored], int(block_mb * 2**20))
+        scores = (_pair_scores if pairs else _candidate_scores)(query_embeddings, query_rows[scored], target_embeddings,
+                                                                rows, offsets, task.candidates[scored], int(block_mb * 2**20))
     except _NonFiniteRows as error:
         ids = np.asarray(query_ids if error.role == "query" else target_ids)[error.rows]
         raise ValueError(f"{source}: non-finite {error.role} embeddings (in float32) for id(s) {ids[:10].tolist()}: "
@@ -444,6 +529,7 @@ def score_task(task: Task, query_ids: Sequence[int], query_embeddings: np.ndarra
     rank, top = _ranks(scores, task.candidates[scored], task.correct[scored], tie_break)
     result = _summarise(task, scored, rank, ks)
     result["skipped"] = skipped
+    result["route"] = "pairs" if pairs else "dense"
     if details:
         top_groups = task.candidates[scored, top] if len(scored) else np.zeros(0, np.int64)
         result["queries"] = pd.DataFrame({"query_id": task.query_ids[scored], "correct_taxon": task.correct_taxa[scored],

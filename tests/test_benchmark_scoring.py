@@ -8,8 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import biovita_nb.benchmark as benchmark
 from biovita_nb.benchmark import (TIE_BREAKS, MissingFeatureError, Task, read_task_csv, score_task, score_task_file,
                                   task_filename, write_task_csv)
+
+ROUTES = ["dense", "pairs"]  # "auto" picks one of these two
 
 
 def random_task(seed: int, n_queries: int = 60, n_taxa: int = 40, n_candidates: int = 25, max_items: int = 50,
@@ -81,7 +84,8 @@ def percent(ranks, k) -> float:
 
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("tie_break", TIE_BREAKS)
-def test_scoring_matches_loop_with_ties(seed, tie_break):
+@pytest.mark.parametrize("route", ROUTES)
+def test_scoring_matches_loop_with_ties(seed, tie_break, route):
     task = random_task(seed, ragged=seed % 2 == 1)
     rng = np.random.default_rng(100 + seed)
     queries = integer_features(rng, len(task.query_payload_ids))
@@ -93,7 +97,7 @@ def test_scoring_matches_loop_with_ties(seed, tie_break):
     # A tiny block size forces the chunked path (queries and items split across blocks and groups cut in two).
     for block_mb in (256, 2000 / 2**20):
         result = score_task(task, task.query_payload_ids, queries, target_ids, targets, ks, tie_break=tie_break,
-                            block_mb=block_mb, details=True)
+                            block_mb=block_mb, route=route, details=True)
         assert result["queries"]["rank"].tolist() == expected["ranks"]
         for k in ks:
             assert result[f"top{k}"] == expected[f"top{k}"]
@@ -101,7 +105,8 @@ def test_scoring_matches_loop_with_ties(seed, tie_break):
         assert {c: {k: v for k, v in d.items() if k != "n_queries"} for c, d in result["per_class"].items()} == expected["per_class"]
 
 
-def test_groups_without_items_score_minus_infinity():
+@pytest.mark.parametrize("route", ROUTES)
+def test_groups_without_items_score_minus_infinity(route):
     task = random_task(12, n_taxa=10, n_candidates=6)
     empty = [0, 9]  # the first and the last group list no ids
     sizes = np.diff(task.group_offsets)
@@ -112,7 +117,7 @@ def test_groups_without_items_score_minus_infinity():
     rng = np.random.default_rng(12)
     queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
     expected = loop_score(task, task.query_payload_ids, queries, task.group_items, targets, (1, 3), "pessimistic")
-    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets, (1, 3), details=True)
+    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets, (1, 3), route=route, details=True)
     assert result["queries"]["rank"].tolist() == expected["ranks"]
     assert result["skipped"]["missing_target_features"] == 0
 
@@ -152,7 +157,8 @@ def test_random_features_include_ties():
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_scoring_matches_loop_real_valued(seed):
+@pytest.mark.parametrize("route", ROUTES)
+def test_scoring_matches_loop_real_valued(seed, route):
     task = random_task(seed, n_queries=80, n_taxa=120, n_candidates=100, max_items=40)
     rng = np.random.default_rng(seed)
     queries = rng.normal(size=(task.n_queries, 64)).astype(np.float32)
@@ -160,7 +166,7 @@ def test_scoring_matches_loop_real_valued(seed):
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     targets /= np.linalg.norm(targets, axis=1, keepdims=True)
     expected = loop_score(task, task.query_payload_ids, queries, task.group_items, targets, (1, 5, 10), "pessimistic")
-    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets, details=True)
+    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets, route=route, details=True)
     assert result["queries"]["rank"].tolist() == expected["ranks"]
 
 
@@ -211,7 +217,8 @@ def test_missing_target_ids_named_in_error():
     assert "on_missing='skip'" in str(error.value)
 
 
-def test_missing_ids_skipped_and_counted():
+@pytest.mark.parametrize("route", ROUTES)
+def test_missing_ids_skipped_and_counted(route):
     task = random_task(8, max_items=1)  # one item per taxon: dropping one empties its group
     rng = np.random.default_rng(8)
     queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
@@ -221,7 +228,7 @@ def test_missing_ids_skipped_and_counted():
     query_keep = np.ones(task.n_queries, dtype=bool)
     query_keep[:2] = False
     result = score_task(task, task.query_payload_ids[query_keep], queries[query_keep], task.group_items[keep],
-                        targets[keep], on_missing="skip")
+                        targets[keep], on_missing="skip", route=route)
     uses_lost = (task.candidates == lost_group).any(axis=1)
     assert result["skipped"]["missing_query_feature"] == 2
     assert result["skipped"]["missing_target_features"] == int((uses_lost & query_keep).sum())
@@ -232,35 +239,57 @@ def test_missing_ids_skipped_and_counted():
                                                       ("target", 0, 0, -np.inf), ("query", 5, 2, np.inf),
                                                       ("query", 0, slice(None), np.nan)])
 @pytest.mark.parametrize("block_mb", [256, 0.02])
-def test_non_finite_features_rejected(role, row, column, value, block_mb):
+@pytest.mark.parametrize("route", ROUTES)
+def test_non_finite_features_rejected(role, row, column, value, block_mb, route):
     task = random_task(9)
     rng = np.random.default_rng(9)
     queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
     (targets if role == "target" else queries)[row, column] = value
     ids = task.query_payload_ids if role == "query" else task.group_items  # ids differ from row numbers
     with pytest.raises(ValueError, match=rf"non-finite {role} embeddings \(in float32\) for id\(s\) \[{ids[row]}\]"):
-        score_task(task, task.query_payload_ids, queries, task.group_items, targets, block_mb=block_mb)
+        score_task(task, task.query_payload_ids, queries, task.group_items, targets, block_mb=block_mb, route=route)
 
 
-def test_non_finite_features_skipped_and_counted():
+@pytest.mark.parametrize("route", ROUTES)
+def test_non_finite_features_skipped_and_counted(route):
     task = random_task(9)
     rng = np.random.default_rng(9)
     queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
     queries[5, 2] = np.inf
     targets[task.group_offsets[3]:task.group_offsets[4]] = np.nan  # every item of group 3
-    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets, on_missing="skip")
+    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets, on_missing="skip", route=route)
     uses_group = (task.candidates == 3).any(axis=1)
     assert result["skipped"]["missing_query_feature"] == 1
     assert result["skipped"]["missing_target_features"] == int(np.delete(uses_group, 5).sum())
     assert result["n_queries"] == task.n_queries - 1 - int(np.delete(uses_group, 5).sum())
 
 
-def test_overflowing_similarities_rejected():
+@pytest.mark.parametrize("route", ROUTES)
+def test_overflowing_similarities_rejected(route):
     task = random_task(9)
     rng = np.random.default_rng(9)
     queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
     with pytest.raises(ValueError, match="L2-normalised"):
-        score_task(task, task.query_payload_ids, queries * 1e20, task.group_items, targets * 1e20)
+        score_task(task, task.query_payload_ids, queries * 1e20, task.group_items, targets * 1e20, route=route)
+
+
+
+def test_auto_route_follows_the_listed_share(monkeypatch):
+    calls = []
+    real = benchmark._pair_scores
+    monkeypatch.setattr(benchmark, "_pair_scores", lambda *args: calls.append(1) or real(*args))
+    rng = np.random.default_rng(15)
+    for n_taxa, expect_pairs in ((30, False), (400, True)):  # 25 candidates: a share of 0.83, then of 0.06
+        task = random_task(15, n_taxa=n_taxa, max_items=5)
+        queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+        calls.clear()
+        auto = score_task(task, task.query_payload_ids, queries, task.group_items, targets, details=True)
+        assert bool(calls) == expect_pairs
+        assert auto["route"] == ("pairs" if expect_pairs else "dense")
+        dense = score_task(task, task.query_payload_ids, queries, task.group_items, targets, route="dense", details=True)
+        assert auto["queries"]["rank"].tolist() == dense["queries"]["rank"].tolist()
+    with pytest.raises(ValueError, match="Invalid route 'sparse'"):
+        score_task(task, task.query_payload_ids, queries, task.group_items, targets, route="sparse")
 
 
 def test_ids_and_rows_must_match():
