@@ -266,8 +266,8 @@ def _segment_max(similarity: np.ndarray, layout: _SlotLayout) -> np.ndarray:
     return result
 
 # %% ../nbs/04_benchmark.ipynb #5aa3b174
-_OVERFLOW_MESSAGE = ("Similarities overflow float32 although every embedding is finite. The scorer expects "
-                    "L2-normalised embeddings, so normalise them before scoring.")
+class _SimilarityOverflow(Exception):
+    """Finite embeddings whose similarities overflow float32 (turned into a ValueError by `score_task`)."""
 
 
 def _candidate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.ndarray, target_rows: np.ndarray,
@@ -305,7 +305,7 @@ def _candidate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.n
             # Finite embeddings whose products overflow show as an infinite group maximum. An overflow to
             # minus infinity beside finite items changes no maximum, since the true value is lower still.
             if not np.isfinite(group_max).all():
-                raise ValueError(_OVERFLOW_MESSAGE)
+                raise _SimilarityOverflow
             _scatter_max(block_scores, block_candidates, layout.groups, group_max)
     return scores
 
@@ -430,7 +430,7 @@ def _pair_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.ndarra
                     np.maximum(best[sub_lo:sub_hi], group_best, out=best[sub_lo:sub_hi])
     empty = np.diff(offsets)[flat[pairs]] == 0  # a group without items keeps minus infinity
     if not np.isfinite(best[~empty]).all():
-        raise ValueError(_OVERFLOW_MESSAGE)
+        raise _SimilarityOverflow
     scores.ravel()[pairs] = best
     return scores
 
@@ -526,6 +526,9 @@ def score_task(task: Task, query_ids: Sequence[int], query_embeddings: np.ndarra
         raise ValueError(f"{source}: non-finite {error.role} embeddings (in float32) for id(s) {ids[:10].tolist()}: "
                          "these items have no valid feature. Re-extract them, or score with on_missing='skip' to "
                          "skip and count the affected queries.") from None
+    except _SimilarityOverflow:
+        raise ValueError(f"{source}: similarities overflow float32 although every embedding is finite. The scorer "
+                         "expects L2-normalised embeddings, so normalise them before scoring.") from None
     rank, top = _ranks(scores, task.candidates[scored], task.correct[scored], tie_break)
     result = _summarise(task, scored, rank, ks)
     result["skipped"] = skipped

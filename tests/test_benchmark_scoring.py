@@ -269,7 +269,8 @@ def test_overflowing_similarities_rejected(route):
     task = random_task(9)
     rng = np.random.default_rng(9)
     queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
-    with pytest.raises(ValueError, match="L2-normalised"):
+    task.source = "bench/test_audio_to_image.csv"
+    with pytest.raises(ValueError, match=r"^bench/test_audio_to_image\.csv: similarities overflow .* L2-normalised"):
         score_task(task, task.query_payload_ids, queries * 1e20, task.group_items, targets * 1e20, route=route)
 
 
