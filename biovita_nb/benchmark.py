@@ -204,7 +204,7 @@ def _index_of(ids: np.ndarray, requested: np.ndarray, role: str) -> tuple[np.nda
         sorted_ids = ids[order]
     if len(sorted_ids) > 1 and (sorted_ids[1:] == sorted_ids[:-1]).any():
         duplicated = np.unique(sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]])
-        raise ValueError(f"The {role} ids contain duplicates: {duplicated[:10].tolist()}; pass each id once.")
+        raise ValueError(f"{role} ids contain duplicates: {duplicated[:10].tolist()}; pass each id once.")
     position = np.searchsorted(sorted_ids, requested)
     position = np.clip(position, 0, max(len(sorted_ids) - 1, 0))
     present = (sorted_ids[position] == requested) if len(sorted_ids) else np.zeros(len(requested), dtype=bool)
@@ -402,8 +402,8 @@ def _pair_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.ndarra
     pair_rows = query_rows[pairs // candidates.shape[1]]            # the query embedding row of each pair
     bounds = np.searchsorted(flat[pairs], np.arange(len(offsets)))  # pairs of group g: bounds[g]:bounds[g + 1]
     # A quarter of the budget each: gathered query rows, gathered item rows, products (x2 for the maximum).
-    # A block of at most 2,048 query rows (6 MiB at 768-d) can stay in a CPU cache until the products read
-    # it; larger blocks were no faster on the machine measured.
+    # A block has at most 2,048 query rows (6 MiB at 768-d), so it can stay in a CPU cache until the
+    # products read it. Larger blocks were no faster on the machine measured.
     rows_per_block = int(max(1, min(2048, block_bytes // (4 * 4 * queries.shape[1]))))
     products_per_block = int(max(1, block_bytes // (4 * 4 * 2)))
     best = np.full(len(pairs), -np.inf, dtype=np.float32)
@@ -428,10 +428,92 @@ def _pair_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.ndarra
                     with np.errstate(over="ignore", invalid="ignore"):  # overflows show in the maxima, checked below
                         group_best = (items @ block_queries[sub_lo - p0:sub_hi - p0].T).max(axis=0)
                     np.maximum(best[sub_lo:sub_hi], group_best, out=best[sub_lo:sub_hi])
+    # Like the dense route, reject non-finite items also in groups that no scored query lists.
+    unlisted = np.diff(bounds)[np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))] == 0
+    if unlisted.any():
+        _require_finite(targets, target_rows[unlisted], "target")
     empty = np.diff(offsets)[flat[pairs]] == 0  # a group without items keeps minus infinity
     if not np.isfinite(best[~empty]).all():
         raise _SimilarityOverflow
     scores.ravel()[pairs] = best
+    return scores
+
+# %% ../nbs/04_benchmark.ipynb #92a46f3c
+@dataclass
+class _Repeats:
+    """Target items whose vector another item of the task repeats, group after group (see above)."""
+    vector_rows: np.ndarray  # (V,) embedding row of each distinct repeated vector
+    vector_of: np.ndarray    # (R,) the distinct vector of each repeated item, in group order
+    offsets: np.ndarray      # (G + 1,) repeated items of group g: offsets[g]:offsets[g + 1]
+
+
+def _split_duplicates(targets: np.ndarray, rows: np.ndarray, offsets: np.ndarray,
+                      chunk: int = 8192) -> tuple[np.ndarray, np.ndarray, _Repeats | None]:
+    """Split the task's target rows (group after group) into items with a vector of their own and repeated ones.
+
+    Returns the rows and group offsets of the first kind and a `_Repeats` for the second (None when
+    no vector repeats). Rows with a NaN or an infinity are never counted as repeats.
+    """
+    if len(rows) < 2:
+        return rows, offsets, None
+    # A print of each row: its float64 product with a fixed random probe. Equal rows give prints that
+    # differ by float64 rounding only: by the worst-case bound, under 1e-10 for unit vectors of up to
+    # 4,096 dimensions. Other rows almost never come within 1e-9. NaN and infinite prints never compare close.
+    probe = np.random.default_rng(0).standard_normal(targets.shape[1])
+    with np.errstate(all="ignore"):
+        prints = np.concatenate([_gather(targets, rows[i:i + chunk]).astype(np.float64) @ probe
+                                 for i in range(0, len(rows), chunk)])
+        order = np.argsort(prints, kind="stable")
+        ordered = prints[order]
+        close = np.abs(np.diff(ordered)) <= 1e-9 * np.maximum(1.0, np.abs(ordered[1:]))
+    if not close.any():
+        return rows, offsets, None
+    vector_of = np.full(len(rows), -1, dtype=np.int64)
+    vector_rows = []
+    starts = np.flatnonzero(np.diff(np.r_[0, close.astype(np.int8)]) == 1)  # runs of close prints
+    stops = np.flatnonzero(np.diff(np.r_[close.astype(np.int8), 0]) == -1) + 2
+    for start, stop in zip(starts, stops):
+        members = order[start:stop]
+        while len(members) > 1:  # split the run into sets of equal rows, one reference row at a time
+            reference = _gather(targets, rows[members[:1]])[0]
+            same = np.concatenate([(_gather(targets, rows[members[i:i + chunk]]) == reference).all(axis=1)
+                                   for i in range(0, len(members), chunk)])
+            if same.sum() > 1:
+                vector_of[members[same]] = len(vector_rows)
+                vector_rows.append(rows[members[0]])
+            members = members[~same]
+    repeated = vector_of >= 0
+    if not repeated.any():
+        return rows, offsets, None
+    before = np.r_[0, np.cumsum(repeated)]
+    repeat_offsets = before[offsets]
+    return (rows[~repeated], offsets - repeat_offsets,
+            _Repeats(np.asarray(vector_rows, dtype=np.int64), vector_of[repeated], repeat_offsets))
+
+
+def _duplicate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.ndarray, repeats: _Repeats,
+                      candidates: np.ndarray, block_bytes: int) -> np.ndarray:
+    """Return (Q, C) candidate scores over the repeated items only, one product per distinct vector and query."""
+    scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+    n_items = len(repeats.vector_of)
+    layout = _slot_layout(np.repeat(np.arange(len(repeats.offsets) - 1), np.diff(repeats.offsets)))
+    vector_in_slot_order = repeats.vector_of[layout.order]
+    # Similarities of the distinct vectors and their copies for every item stay within half the budget.
+    query_chunk = int(max(1, min(len(query_rows), block_bytes // (2 * 4 * 2 * n_items))))
+    vector_chunk = int(max(1, block_bytes // (4 * 4 * queries.shape[1])))
+    kept = _gather(targets, repeats.vector_rows) if len(repeats.vector_rows) <= vector_chunk else None
+    for q0 in range(0, len(query_rows), query_chunk):
+        block_queries = _gather(queries, query_rows[q0:q0 + query_chunk])
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the maxima, checked below
+            if kept is not None:
+                per_vector = kept @ block_queries.T
+            else:
+                per_vector = np.concatenate([_gather(targets, repeats.vector_rows[v0:v0 + vector_chunk]) @ block_queries.T
+                                             for v0 in range(0, len(repeats.vector_rows), vector_chunk)])
+        group_max = _segment_max(per_vector[vector_in_slot_order], layout)
+        if not np.isfinite(group_max).all():
+            raise _SimilarityOverflow
+        _scatter_max(scores[q0:q0 + query_chunk], candidates[q0:q0 + query_chunk], layout.groups, group_max)
     return scores
 
 # %% ../nbs/04_benchmark.ipynb #1d72b18d
@@ -485,20 +567,28 @@ def score_task(task: Task, query_ids: Sequence[int], query_embeddings: np.ndarra
     with the correct taxon counts against it) or "first" (the candidate listed first wins).
     `on_missing="error"` raises when a needed id has no feature or a non-finite one; "skip" skips the
     affected queries and counts them under `skipped`. `block_mb` bounds the memory of the similarity
-    blocks. `route` is "dense" (all queries against all items), "pairs" (only the listed query-candidate
-    pairs) or "auto", which picks by the share of similarities the candidates need. `details=True` adds a
-    per-query table under "queries".
+    blocks (a smaller budget means more, smaller products, which take longer). `route` is "dense" (all
+    queries against all items), "pairs" (only the listed query-candidate pairs) or "auto", which picks by
+    the share of similarities the candidates need; items with the same vector tie exactly on either route.
+    `details=True` adds a per-query table under "queries".
+
+    Returns a dict: `top1`, `top5`, ... (percent of the scored queries, None when none is scored),
+    `n_queries` (scored), `n_rows` (rows of the task), `n_candidates` and `n_candidates_min` (most and
+    fewest candidates of a scored query), `per_taxon` and `per_class` ({name: {top<k>, n_queries}}),
+    `skipped` (counts by reason) and `route` ("dense" or "pairs").
     """
     if on_missing not in ("error", "skip"):
         raise ValueError(f"Invalid on_missing {on_missing!r}: choose 'error' or 'skip'.")
+    if not block_mb > 0:
+        raise ValueError(f"Invalid block_mb {block_mb!r}: give a positive number of MiB, such as the default 256.")
     source = task.source or f"{task.split}/{task.level}/{task.direction}"
     _check_dims(query_embeddings, target_embeddings, source)
     for role, ids, embeddings in (("query", query_ids, query_embeddings), ("target", target_ids, target_embeddings)):
         if len(ids) != len(embeddings):
             raise ValueError(f"{source}: {len(ids)} {role} ids for {len(embeddings)} {role} embedding rows; "
                              "pass one id per row.")
-    query_rows, query_present = _index_of(np.asarray(query_ids), task.query_payload_ids, "query")
-    target_rows, target_present = _index_of(np.asarray(target_ids), task.group_items, "target")
+    query_rows, query_present = _index_of(np.asarray(query_ids), task.query_payload_ids, f"{source}: the query")
+    target_rows, target_present = _index_of(np.asarray(target_ids), task.group_items, f"{source}: the target")
     if on_missing == "skip":  # a non-finite feature counts as missing
         query_present &= _finite_rows(query_embeddings, query_rows, query_present)
         target_present &= _finite_rows(target_embeddings, target_rows, target_present)
@@ -518,14 +608,19 @@ def score_task(task: Task, query_ids: Sequence[int], query_embeddings: np.ndarra
     scored = np.flatnonzero((task.correct >= 0) & query_present & ~lost_group)
 
     pairs = _use_pairs(route, offsets, task.candidates[scored])
+    own_rows, own_offsets, repeats = _split_duplicates(target_embeddings, rows, offsets)
+    block_bytes = int(block_mb * 2**20)
     try:
         scores = (_pair_scores if pairs else _candidate_scores)(query_embeddings, query_rows[scored], target_embeddings,
-                                                                rows, offsets, task.candidates[scored], int(block_mb * 2**20))
+                                                                own_rows, own_offsets, task.candidates[scored], block_bytes)
+        if repeats is not None:
+            np.maximum(scores, _duplicate_scores(query_embeddings, query_rows[scored], target_embeddings, repeats,
+                                                 task.candidates[scored], block_bytes), out=scores)
     except _NonFiniteRows as error:
         ids = np.asarray(query_ids if error.role == "query" else target_ids)[error.rows]
         raise ValueError(f"{source}: non-finite {error.role} embeddings (in float32) for id(s) {ids[:10].tolist()}: "
-                         "these items have no valid feature. Re-extract them, or score with on_missing='skip' to "
-                         "skip and count the affected queries.") from None
+                         "these items have no valid feature (a NaN, an infinity, or a value too large for float32). "
+                         "Re-extract them, or score with on_missing='skip' to skip and count the affected queries.") from None
     except _SimilarityOverflow:
         raise ValueError(f"{source}: similarities overflow float32 although every embedding is finite. The scorer "
                          "expects L2-normalised embeddings, so normalise them before scoring.") from None
@@ -545,6 +640,8 @@ def _check_dims(queries: np.ndarray, targets: np.ndarray, source: str) -> None:
     """Check that query and target embeddings are 2-D with the same width."""
     if np.ndim(queries) != 2 or np.ndim(targets) != 2:
         raise ValueError(f"{source}: embeddings must be 2-D (items, dim); got {np.shape(queries)} and {np.shape(targets)}.")
+    if queries.shape[1] == 0:
+        raise ValueError(f"{source}: embeddings have zero width; each row needs at least one value.")
     if queries.shape[1] != targets.shape[1]:
         raise ValueError(f"{source}: query embeddings are {queries.shape[1]}-d but target embeddings "
                          f"{targets.shape[1]}-d; both modalities must come from the same model.")

@@ -170,6 +170,43 @@ def test_scoring_matches_loop_real_valued(seed, route):
     assert result["queries"]["rank"].tolist() == expected["ranks"]
 
 
+def unit_rows(rng: np.random.Generator, n: int, dim: int = 32) -> np.ndarray:
+    """Random float32 unit vectors, one per row."""
+    rows = rng.normal(size=(n, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("block_mb", [256, 0.01])
+def test_repeated_vectors_tie_exactly(route, block_mb):
+    # Real-valued vectors, where a product's rounding can depend on the row's position, shared by many items.
+    task = random_task(16, n_taxa=40, n_candidates=25, max_items=3)
+    rng = np.random.default_rng(16)
+    queries = unit_rows(rng, task.n_queries)
+    targets = unit_rows(rng, 5)[rng.integers(0, 5, size=len(task.group_items))]
+    expected = loop_score(task, task.query_payload_ids, queries, task.group_items, targets, (1, 5, 10), "pessimistic")
+    result = score_task(task, task.query_payload_ids, queries, task.group_items, targets, block_mb=block_mb, route=route,
+                        details=True)
+    assert result["queries"]["rank"].tolist() == expected["ranks"]
+    collapsed = np.repeat(targets[:1], len(targets), axis=0)  # one vector for every item: every candidate ties
+    result = score_task(task, task.query_payload_ids, queries, task.group_items, collapsed, block_mb=block_mb,
+                        route=route, details=True)
+    assert (result["queries"]["rank"] == 25).all()
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_non_finite_item_of_an_unscored_row_rejected(route):
+    task = random_task(17, n_taxa=10, n_candidates=6)
+    group = int(task.candidates[0, 0])
+    task.correct[(task.candidates == group).any(axis=1)] = -1  # no scored row lists this group
+    assert (task.correct >= 0).any()
+    rng = np.random.default_rng(17)
+    queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+    targets[task.group_offsets[group]] = np.nan
+    with pytest.raises(ValueError, match=rf"non-finite target embeddings .* \[{task.group_items[task.group_offsets[group]]}\]"):
+        score_task(task, task.query_payload_ids, queries, task.group_items, targets, route=route)
+
+
 def test_identical_scores_count_against_correct():
     task = random_task(3)
     queries = np.ones((task.n_queries, 4), dtype=np.float32)
@@ -301,6 +338,22 @@ def test_ids_and_rows_must_match():
         score_task(task, task.query_payload_ids, queries, np.arange(len(targets) + 3), targets)
 
 
+@pytest.mark.parametrize("block_mb", [0, -5, float("nan")])
+def test_block_budget_must_be_positive(block_mb):
+    task = random_task(18)
+    rng = np.random.default_rng(18)
+    queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
+    with pytest.raises(ValueError, match="Invalid block_mb"):
+        score_task(task, task.query_payload_ids, queries, task.group_items, targets, block_mb=block_mb)
+
+
+def test_zero_width_embeddings_rejected():
+    task = random_task(18)
+    with pytest.raises(ValueError, match="zero width"):
+        score_task(task, task.query_payload_ids, np.zeros((task.n_queries, 0), np.float32), task.group_items,
+                   np.zeros((len(task.group_items), 0), np.float32))
+
+
 def test_mismatched_widths_rejected():
     task = random_task(10)
     with pytest.raises(ValueError, match="same model"):
@@ -312,7 +365,8 @@ def test_duplicate_ids_rejected():
     task = random_task(11)
     ids = task.group_items.copy()
     ids[1] = ids[0]
-    with pytest.raises(ValueError, match="duplicates"):
+    task.source = "bench/test_audio_to_image.csv"
+    with pytest.raises(ValueError, match=r"^bench/test_audio_to_image\.csv: the target ids contain duplicates"):
         score_task(task, task.query_payload_ids, np.zeros((task.n_queries, 4), np.float32), ids,
                    np.zeros((len(ids), 4), np.float32))
 
