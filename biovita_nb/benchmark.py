@@ -448,7 +448,7 @@ class _Repeats:
 
 
 def _split_duplicates(targets: np.ndarray, rows: np.ndarray, offsets: np.ndarray,
-                      chunk: int = 8192) -> tuple[np.ndarray, np.ndarray, _Repeats | None]:
+                      block_bytes: int) -> tuple[np.ndarray, np.ndarray, _Repeats | None]:
     """Split the task's target rows (group after group) into items with a vector of their own and repeated ones.
 
     Returns the rows and group offsets of the first kind and a `_Repeats` for the second (None when
@@ -456,6 +456,7 @@ def _split_duplicates(targets: np.ndarray, rows: np.ndarray, offsets: np.ndarray
     """
     if len(rows) < 2:
         return rows, offsets, None
+    chunk = int(max(1, block_bytes // (4 * 12 * targets.shape[1])))  # float32 rows and their float64 copy
     # A print of each row: its float64 product with a fixed random probe. Equal rows give prints that
     # differ by float64 rounding only: by the worst-case bound, under 1e-10 for unit vectors of up to
     # 4,096 dimensions. Other rows almost never come within 1e-9. NaN and infinite prints never compare close.
@@ -608,8 +609,8 @@ def score_task(task: Task, query_ids: Sequence[int], query_embeddings: np.ndarra
     scored = np.flatnonzero((task.correct >= 0) & query_present & ~lost_group)
 
     pairs = _use_pairs(route, offsets, task.candidates[scored])
-    own_rows, own_offsets, repeats = _split_duplicates(target_embeddings, rows, offsets)
     block_bytes = int(block_mb * 2**20)
+    own_rows, own_offsets, repeats = _split_duplicates(target_embeddings, rows, offsets, block_bytes)
     try:
         scores = (_pair_scores if pairs else _candidate_scores)(query_embeddings, query_rows[scored], target_embeddings,
                                                                 own_rows, own_offsets, task.candidates[scored], block_bytes)
