@@ -6,7 +6,7 @@
    100 are drawn from it. The vectorised scorer (`biovita_nb.benchmark.score_task`, route "auto")
    then either computes every query against every item of the pool anyway (the dense route) or
    only the listed query-candidate pairs (the pairs route), whichever it expects to be faster; the
-   other route is timed once for comparison. The vectorised scorer scores all of it. A plain
+   other route is timed once for comparison. The vectorised scorer scores every query. A plain
    per-query loop (one query and one candidate at a time, as a reference implementation would)
    scores a subset, and its per-query time is multiplied out to the full benchmark. The loop's
    ranks are checked against the vectorised ones on that subset. The vectorised time covers ranks,

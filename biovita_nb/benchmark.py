@@ -194,8 +194,11 @@ class MissingFeatureError(KeyError):
         return str(self.args[0])
 
 
-def _index_of(ids: np.ndarray, requested: np.ndarray, role: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return the row of each requested id in `ids` and a mask of the requested ids that are present."""
+def _index_of(ids: np.ndarray, requested: np.ndarray, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return the row of each requested id in `ids` and a mask of the requested ids that are present.
+
+    `label` names the ids in the duplicate error, such as "test_audio_to_text.csv: the query".
+    """
     ids = np.asarray(ids, dtype=np.int64)
     if (ids[1:] > ids[:-1]).all():  # increasing ids need no sort and have no repeats
         order, sorted_ids = np.arange(len(ids)), ids
@@ -204,7 +207,7 @@ def _index_of(ids: np.ndarray, requested: np.ndarray, role: str) -> tuple[np.nda
         sorted_ids = ids[order]
     if len(sorted_ids) > 1 and (sorted_ids[1:] == sorted_ids[:-1]).any():
         duplicated = np.unique(sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]])
-        raise ValueError(f"{role} ids contain duplicates: {duplicated[:10].tolist()}; pass each id once.")
+        raise ValueError(f"{label} ids contain duplicates: {duplicated[:10].tolist()}; pass each id once.")
     position = np.searchsorted(sorted_ids, requested)
     position = np.clip(position, 0, max(len(sorted_ids) - 1, 0))
     present = (sorted_ids[position] == requested) if len(sorted_ids) else np.zeros(len(requested), dtype=bool)
@@ -502,12 +505,13 @@ def _duplicate_scores(queries: np.ndarray, query_rows: np.ndarray, targets: np.n
     # Similarities of the distinct vectors and their copies for every item stay within half the budget.
     query_chunk = int(max(1, min(len(query_rows), block_bytes // (2 * 4 * 2 * n_items))))
     vector_chunk = int(max(1, block_bytes // (4 * 4 * queries.shape[1])))
-    kept = _gather(targets, repeats.vector_rows) if len(repeats.vector_rows) <= vector_chunk else None
+    # The distinct vectors are gathered once when they fit in a quarter of the budget, else per query block.
+    vectors = _gather(targets, repeats.vector_rows) if len(repeats.vector_rows) <= vector_chunk else None
     for q0 in range(0, len(query_rows), query_chunk):
         block_queries = _gather(queries, query_rows[q0:q0 + query_chunk])
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows in the maxima, checked below
-            if kept is not None:
-                per_vector = kept @ block_queries.T
+            if vectors is not None:
+                per_vector = vectors @ block_queries.T
             else:
                 per_vector = np.concatenate([_gather(targets, repeats.vector_rows[v0:v0 + vector_chunk]) @ block_queries.T
                                              for v0 in range(0, len(repeats.vector_rows), vector_chunk)])

@@ -134,7 +134,7 @@ def test_sorted_and_shuffled_ids_score_alike():
     assert in_order["per_taxon"] == shuffled["per_taxon"]
 
 
-def test_unknown_classes_left_out_of_per_class():
+def test_per_class_omits_unknown_classes():
     task = random_task(14)
     task.taxon_classes = task.taxon_classes.copy()
     task.taxon_classes[:3] = ["", None, np.nan]
@@ -195,7 +195,7 @@ def test_repeated_vectors_tie_exactly(route, block_mb):
 
 
 @pytest.mark.parametrize("route", ROUTES)
-def test_non_finite_item_of_an_unscored_row_rejected(route):
+def test_unlisted_non_finite_item_rejected(route):
     task = random_task(17, n_taxa=10, n_candidates=6)
     group = int(task.candidates[0, 0])
     task.correct[(task.candidates == group).any(axis=1)] = -1  # no scored row lists this group
@@ -203,7 +203,8 @@ def test_non_finite_item_of_an_unscored_row_rejected(route):
     rng = np.random.default_rng(17)
     queries, targets = integer_features(rng, task.n_queries), integer_features(rng, len(task.group_items))
     targets[task.group_offsets[group]] = np.nan
-    with pytest.raises(ValueError, match=rf"non-finite target embeddings .* \[{task.group_items[task.group_offsets[group]]}\]"):
+    bad_id = task.group_items[task.group_offsets[group]]
+    with pytest.raises(ValueError, match=rf"non-finite target embeddings .* \[{bad_id}\]"):
         score_task(task, task.query_payload_ids, queries, task.group_items, targets, route=route)
 
 
@@ -315,7 +316,12 @@ def test_overflowing_similarities_rejected(route):
 def test_auto_route_follows_the_listed_share(monkeypatch):
     calls = []
     real = benchmark._pair_scores
-    monkeypatch.setattr(benchmark, "_pair_scores", lambda *args: calls.append(1) or real(*args))
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(benchmark, "_pair_scores", counted)
     rng = np.random.default_rng(15)
     for n_taxa, expect_pairs in ((30, False), (400, True)):  # 25 candidates: a share of 0.83, then of 0.06
         task = random_task(15, n_taxa=n_taxa, max_items=5)
